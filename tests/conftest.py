@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny synthetic CIFAR-10 sources, a private decode cache, the real archive when present."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minimascope.data import CLASSES
+
+
+def make_image_tree(root: Path, train_per_class: int = 4, test_per_class: int = 2, *, seed: int = 0,
+                    size: tuple[int, int] = (32, 32), skip: tuple[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Write ``root/{train,test}/<class>/NNNN.png`` (lossless, so pixels round-trip exactly).
+
+    Returns the arrays the loader should produce: images (N, 3, 32, 32) sorted by class then name.
+    """
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        images, labels = [], []
+        for label, name in enumerate(CLASSES):
+            if skip == (split, name):
+                continue
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+                images.append(pixels.transpose(2, 0, 1))
+                labels.append(label)
+        arrays[f"{split}_images"] = np.stack(images)
+        arrays[f"{split}_labels"] = np.asarray(labels)
+    return arrays
+
+
+def make_archive(tree: Path, archive: Path, top: str = "cifar10-images") -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname=top)
+    return archive
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test decodes into one cache of this session, never the user's."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("MINIMASCOPE_CACHE", str(cache))
+    monkeypatch.delenv("MINIMASCOPE_DATA", raising=False)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def cifar_source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The shared CIFAR-10 archive when ``MINIMASCOPE_TEST_DATA`` names one (make test does),
+    else a small synthetic archive of the same layout, so end-to-end tests always run."""
+    shared = os.environ.get("MINIMASCOPE_TEST_DATA")
+    if shared and Path(shared).is_file():
+        return shared
+    root = tmp_path_factory.mktemp("synthetic-cifar")
+    make_image_tree(root / "tree", train_per_class=60, test_per_class=20)
+    return str(make_archive(root / "tree", root / "cifar10-images.tar.gz"))
