@@ -29,6 +29,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@app.callback()
+def _group() -> None:
+    """Which minimum did each optimizer find, and how do these minima differ?"""
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
@@ -150,7 +155,8 @@ class RichTrainProgress:
             f"epoch {row['epoch']:>3}/{self.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
             f"{val}  test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
             f"  {row['epoch_time_s']:.1f}s ({row['iter_time_mean_s'] * 1000:.0f}±{row['iter_time_std_s'] * 1000:.0f} ms/step)")
-        self.bar.reset(self.task, total=self.steps, epoch=min(row["epoch"] + 1, self.epochs), loss=float("nan"))
+        self.bar.reset(self.task, total=self.steps, epoch=min(row["epoch"] + 1, self.epochs), epochs=self.epochs,
+                       loss=float("nan"))
 
     def stop(self) -> None:
         self.bar.stop()

@@ -18,7 +18,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -171,9 +171,9 @@ def _convert(key: str, value: Any, annotation: str, source: str) -> Any:
             return str(value)
         raise bad("a string")
     if base.startswith("tuple[float"):
-        items = [value] if isinstance(value, (int, float, str)) else value
+        items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, (int, float)) else value
         try:
-            numbers = tuple(float(v) for v in (items.split(",") if isinstance(items, str) else items))
+            numbers = tuple(float(v) for v in items)
         except (TypeError, ValueError):
             raise bad("a list of numbers") from None
         length = None if "..." in base else base.count("float")
@@ -418,6 +418,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         raise MinimascopeError(f"{run_dir} is not empty and holds no run; choose another --out")
 
     device = resolve_device(config.device)
+    torch.manual_seed(config.seed)  # nothing should draw from it, but a custom layer might
     run = _Run(config, run_dir, device)
     if resume and (run_dir / runs.CHECKPOINT).is_file():
         run.load_checkpoint()

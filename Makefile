@@ -1,0 +1,27 @@
+# The two commands the README opens with: `make run` (main job) and `make test`.
+# Each creates .venv and installs what it needs the first time.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The shared CIFAR-10 archive when this checkout sits beside it; else MINIMASCOPE_DATA or torchvision's download.
+SHARED_DATA := ../shared/data/cifar10-images.tar.gz
+DATA := $(if $(wildcard $(SHARED_DATA)),$(abspath $(SHARED_DATA)))
+
+.PHONY: run test bench
+
+$(VENV)/installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/installed
+	$(BIN)/minimascope train --optimizer sgd --epochs 2 --train-subset 2000 \
+		$(if $(DATA),--data $(DATA)) --out runs/quick-sgd --resume
+
+test: $(VENV)/installed
+	MINIMASCOPE_TEST_DATA=$(DATA) $(BIN)/python -m pytest -q
+
+bench: $(VENV)/installed
+	$(BIN)/python benchmarks/train_throughput.py $(if $(DATA),--data $(DATA))
+	$(BIN)/python benchmarks/adahessian_step.py
+	$(BIN)/python benchmarks/similarity.py

@@ -1,0 +1,186 @@
+"""End-to-end training on a small class-balanced subset: run directory, resume, divergence, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from minimascope import models, runs
+from minimascope.cli import app
+from minimascope.errors import MinimascopeError
+from minimascope.train import TrainConfig, milestone_epochs, train
+
+SMALL = ["--train-subset", "200", "--test-subset", "100", "--batch-size", "50", "--eval-batch-size", "100"]
+
+
+def small_config(source: str, **changes) -> TrainConfig:
+    values = dict(optimizer="sgd", epochs=2, train_subset=200, test_subset=100, batch_size=50,
+                  eval_batch_size=100, data=source)
+    return TrainConfig(**{**values, **changes})
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_one_line_error(result, pattern: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert pattern in " ".join(result.output.split()), result.output
+
+
+def test_cli_train_writes_the_run_directory(cifar_source: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke("train", "--optimizer", "sgd", "--epochs", "2", "--val-size", "50", *SMALL,
+                    "--data", cifar_source, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "completed" in result.output
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "completed" and record["epochs_completed"] == 2
+    assert record["config"]["lr"] == 0.01 and record["config"]["momentum"] == 0.95  # the study's SGD
+    assert record["versions"]["torch"].startswith("2.14.1") and record["device"]["type"] == "cpu"
+    assert 0 <= record["final"]["test_accuracy"] <= 1 and record["final"]["test_loss"] > 0
+    assert record["time_per_epoch_s"]["mean"] > 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for row in rows:
+        for column in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+                       "lr", "epoch_time_s", "iter_time_mean_s", "iter_time_std_s"):
+            assert float(row[column]) >= 0, column
+    assert float(rows[1]["test_accuracy"]) == record["final"]["test_accuracy"]
+    assert list(out.glob("events.out.tfevents.*"))
+    model, payload = models.load_trained(out)
+    assert payload["arch"] == "resnet18" and model.fc.out_features == 10
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_killed_run_resumes_bit_identical(cifar_source: str, tmp_path: Path) -> None:
+    config = small_config(cifar_source, epochs=3, train_subset=200, batch_size=20)
+    train(config, tmp_path / "straight")
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "minimascope.cli", "train", "--optimizer", "sgd", "--epochs", "3",
+               "--train-subset", "200", "--test-subset", "100", "--batch-size", "20", "--eval-batch-size", "100",
+               "--data", cifar_source, "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads((out / "run.json").read_text()).get("epochs_completed", 0) >= 1:
+                break
+        except (OSError, json.JSONDecodeError):
+            pass
+        time.sleep(0.02)
+    assert process.poll() is None, process.stderr.read().decode()
+    process.send_signal(signal.SIGKILL)  # mid-epoch 2
+    process.wait()
+    record = runs.read_run_json(out)
+    assert record["status"] == "running" and record["epochs_completed"] < 3
+    assert not (out / "final.pt").exists()
+
+    result = invoke("train", "--optimizer", "sgd", "--epochs", "3", "--train-subset", "200", "--test-subset", "100",
+                    "--batch-size", "20", "--eval-batch-size", "100", "--data", cifar_source, "--out", str(out),
+                    "--resume")
+    assert result.exit_code == 0, result.output
+    straight = runs.load_torch_file(tmp_path / "straight" / "final.pt")["state_dict"]
+    resumed = runs.load_torch_file(out / "final.pt")["state_dict"]
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+def test_nan_loss_stops_the_run_as_diverged(cifar_source: str, tmp_path: Path) -> None:
+    record = train(small_config(cifar_source, lr=1e12, momentum=0.0, std_multiplier=(1e6, 1e6, 1e6), epochs=3),
+                   tmp_path / "run")
+    assert record["status"] == "diverged" and record["diverged_epoch"] == 1
+    assert runs.read_run_json(tmp_path / "run")["status"] == "diverged"
+    assert not (tmp_path / "run" / "final.pt").exists()
+
+
+def test_yaml_config_with_command_line_overrides(cifar_source: str, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"optimizer: sgd\nepochs: 1\nlr: 0.05\nstd_multiplier: 1000\nmilestones: [0.5]\ndata: {cifar_source}\n")
+    result = invoke("--help")
+    assert result.exit_code == 0
+    result = invoke("train", "--config", str(config), "--lr", "0.02", *SMALL, "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    stored = runs.read_run_json(tmp_path / "run")["config"]
+    assert stored["lr"] == 0.02 and stored["epochs"] == 1 and stored["std_multiplier"] == [1000.0] * 3
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("optimiser: sgd\n", "unknown key 'optimiser' (did you mean 'optimizer'?)"),
+    ("epochs: many\n", "epochs must be an int"),
+    ("betas: [0.9]\n", "betas must be 2 numbers"),
+    ("optimizer: adam\n", "optimizer: unknown 'adam'"),
+    ("lr: [0.1\n", "bad YAML in"),
+    ("- 1\n- 2\n", "must hold a mapping"),
+])
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path: Path, text: str, pattern: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    assert_one_line_error(invoke("train", "--config", str(config), "--out", str(tmp_path / "run")), pattern)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_paths_are_one_line(tmp_path: Path, cifar_source: str) -> None:
+    assert_one_line_error(invoke("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")),
+                          "CIFAR-10 source not found")
+    assert_one_line_error(invoke("train", "--config", str(tmp_path / "absent.yaml")), "cannot read")
+    cifar_run = tmp_path / "cifar-run"
+    cifar_run.mkdir()
+    runs.atomic_torch_save(cifar_run / "final.pt", models.weights_payload(
+        models.build_model("resnet18-cifar"), "resnet18-cifar", 10, {}))
+    runs.atomic_write_json(cifar_run / "run.json", {"status": "completed"})
+    assert_one_line_error(invoke("train", *SMALL, "--data", cifar_source, "--init-from", str(cifar_run),
+                                 "--out", str(tmp_path / "r2")), "holds a resnet18-cifar network, not resnet18")
+
+
+def test_existing_run_is_never_overwritten(cifar_source: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--epochs", "1", *SMALL, "--data", cifar_source, "--out", str(out)]
+    assert invoke(*args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert_one_line_error(invoke(*args), "already holds a run; pass --resume")
+    result = invoke(*args, "--resume")  # finished: left as it is
+    assert result.exit_code == 0 and "completed" in result.output
+    assert_one_line_error(invoke(*args[:-2], "--lr", "0.5", "--out", str(out), "--resume"), "differs in: lr")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_pretrained_from_a_local_weights_file(cifar_source: str, tmp_path: Path) -> None:
+    from torchvision.models import resnet18
+
+    torch.save(resnet18(weights=None).state_dict(), tmp_path / "resnet18-imagenet.pth")
+    result = invoke("train", "--epochs", "1", *SMALL, "--data", cifar_source, "--weights",
+                    str(tmp_path / "resnet18-imagenet.pth"), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert "not torchvision's published IMAGENET1K_V1" in " ".join(result.output.split())
+    assert runs.read_run_json(tmp_path / "run")["config"]["pretrained"] is True
+
+
+def test_milestones_and_value_conversion() -> None:
+    assert milestone_epochs((0.5, 0.75), 160) == [80, 120]
+    assert milestone_epochs((100, 150), 160) == [100, 150]
+    with pytest.raises(MinimascopeError, match="must increase"):
+        milestone_epochs((0.75, 0.5), 100)
+    config = TrainConfig.from_mapping({"optimizer": "adahessian", "betas": "0.8,0.99", "augment": "false",
+                                       "std-multiplier": [1e-4, 1, 1000]})
+    assert config.lr == 0.15 and config.epochs == 160  # the study's AdaHessian
+    assert config.betas == (0.8, 0.99) and config.augment is False and config.std_multiplier == (1e-4, 1.0, 1000.0)
+    assert config.hash() == TrainConfig.from_mapping(config.to_dict()).hash()
+    assert config.hash() == TrainConfig.from_mapping({**config.to_dict(), "device": "cpu"}).hash()
+    assert config.hash() != TrainConfig.from_mapping({**config.to_dict(), "seed": 1}).hash()
