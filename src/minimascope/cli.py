@@ -201,6 +201,97 @@ train_command.__annotations__ = {p.name: p.annotation for p in train_command.__s
 app.command("train")(train_command)
 
 
+# ----------------------------------------------------------------------------- compare
+
+
+class RichStageProgress:
+    """Adapts ``similarity``'s ``progress(stage, done, total)`` calls to one Rich bar per stage."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+    def __enter__(self) -> RichStageProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+
+def _split_names(text: Optional[str]) -> Optional[list[str]]:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+@app.command("compare")
+@one_line_errors
+def compare_command(
+    run_a: Path = typer.Argument(..., help="run directory or weights/checkpoint file of network A"),
+    run_b: Path = typer.Argument(..., help="run directory or weights/checkpoint file of network B (may be A)"),
+    measures: str = typer.Option("cka,svcca,procrustes", help="comma-separated: cka, cka_minibatch, svcca, mean_cca, procrustes"),
+    samples: int = typer.Option(10_000, help="test images compared (a class-balanced subset when fewer than 10,000)"),
+    layers: Optional[str] = typer.Option(None, help="comma-separated module names for both networks [default: every Conv2d and Linear]"),
+    layers_b: Optional[str] = typer.Option(None, help="module names for B when they differ from --layers"),
+    layer_set: str = typer.Option("conv_linear", help="default layers: conv_linear or blocks"),
+    policy: str = typer.Option("flatten", help="conv maps: flatten (N, C*H*W) or spatial_mean (N, C)"),
+    data_source: Optional[str] = typer.Option(None, "--data", help="CIFAR-10 source [env: MINIMASCOPE_DATA]"),
+    out: Optional[Path] = typer.Option(None, help="output folder [default: comparisons/<A>_vs_<B>]"),
+    device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda[:N]"),
+    batch_size: int = typer.Option(500, help="images per forward pass"),
+) -> None:
+    """Compare every layer of network A with every layer of network B on the CIFAR-10 test set."""
+    from minimascope import data, models, report, similarity
+    from minimascope.train import resolve_device
+
+    if samples < 1:
+        raise MinimascopeError(f"--samples must be at least 1, got {samples}")
+    if policy not in similarity.POLICIES or layer_set not in similarity.LAYER_SETS:
+        raise MinimascopeError(f"--policy must be one of {', '.join(similarity.POLICIES)} and --layer-set one of "
+                               f"{', '.join(similarity.LAYER_SETS)}")
+    torch_device = resolve_device(device)
+    label_a, label_b = run_a.resolve().name, run_b.resolve().name
+    if run_a.resolve() != run_b.resolve() and label_a == label_b:
+        label_a, label_b = f"A {label_a}", f"B {label_b}"
+    model_a, payload_a = models.load_trained(run_a)
+    same_run = run_a.resolve() == run_b.resolve()
+    model_b, payload_b = (model_a, payload_a) if same_run else models.load_trained(run_b)
+    cifar = data.load_cifar10(data_source)
+    images = cifar.test_images
+    if samples < len(images):
+        images = images[data.balanced_subset(cifar.test_labels, samples, seed=0)]
+    elif samples > len(images):
+        raise MinimascopeError(f"--samples {samples} exceeds the {len(images)} test images")
+
+    def inputs_for(payload: dict):
+        normalization = data.Normalization(**{k: tuple(v) for k, v in payload["normalization"].items()})
+        return normalization(images)
+
+    inputs_a = inputs_for(payload_a)
+    inputs_b = inputs_a if same_run or payload_a["normalization"] == payload_b["normalization"] else inputs_for(payload_b)
+    example = inputs_a[:1].to(torch_device)
+    names_a = _split_names(layers) or similarity.default_layers(model_a.to(torch_device), example, layer_set)
+    names_b = _split_names(layers_b) or _split_names(layers) or similarity.default_layers(
+        model_b.to(torch_device), example, layer_set)
+    with RichStageProgress() as progress:
+        matrices = similarity.similarity_matrices(
+            model_a, inputs_a, model_b, inputs_b, layers_a=names_a, layers_b=names_b,
+            measures=_split_names(measures) or [], batch_size=batch_size, device=torch_device, policy=policy,
+            label_a=label_a, label_b=label_b, progress=progress)
+    out_dir = out or Path("comparisons") / f"{run_a.resolve().name}_vs_{run_b.resolve().name}"
+    report.write_similarity(matrices, out_dir)
+    for matrix in matrices:
+        diagonal = f", mean diagonal {matrix.values.diagonal().mean():.4f}" if matrix.values.shape[0] == matrix.values.shape[1] else ""
+        console.print(f"{matrix.measure} ({matrix.kind}): {matrix.values.shape[0]}x{matrix.values.shape[1]} layers, "
+                      f"n={matrix.n_samples}{diagonal}")
+    console.print(f"[green]written[/green] {out_dir}")
+
+
 def main() -> None:
     app(prog_name="minimascope")
 
