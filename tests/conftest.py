@@ -54,6 +54,15 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 
 
 @pytest.fixture(scope="session")
+def shared_cifar() -> str:
+    """The real CIFAR-10 archive, for tests that need real images to learn from."""
+    shared = os.environ.get("MINIMASCOPE_TEST_DATA")
+    if not (shared and Path(shared).is_file()):
+        pytest.skip("needs the real CIFAR-10: set MINIMASCOPE_TEST_DATA (make test does when ../shared/data has it)")
+    return shared
+
+
+@pytest.fixture(scope="session")
 def cifar_source(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The shared CIFAR-10 archive when ``MINIMASCOPE_TEST_DATA`` names one (make test does),
     else a small synthetic archive of the same layout, so end-to-end tests always run."""

@@ -101,10 +101,10 @@ def test_killed_run_resumes_bit_identical(cifar_source: str, tmp_path: Path, opt
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
 
 
-def test_adahessian_learns_from_the_command_line(cifar_source: str, tmp_path: Path) -> None:
+def test_adahessian_learns_from_the_command_line(shared_cifar: str, tmp_path: Path) -> None:
     """The study's AdaHessian (lr 0.15, betas (0.9, 0.999), Hessian power 1) for two epochs on 2,000 images."""
     result = invoke("train", "--optimizer", "adahessian", "--epochs", "2", "--train-subset", "2000",
-                    "--test-subset", "1000", "--data", cifar_source, "--out", str(tmp_path / "run"))
+                    "--test-subset", "1000", "--data", shared_cifar, "--out", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     record = runs.read_run_json(tmp_path / "run")
     assert record["config"]["lr"] == 0.15 and record["config"]["hessian_power"] == 1.0

@@ -365,6 +365,7 @@ class Diverged(Exception):
     """The loss stopped being finite."""
 
 
+@torch.enable_grad()  # whatever grad mode the caller left on
 def _train_epoch(run: _Run, progress: TrainProgress | None) -> dict[str, float]:
     """One pass over the training split; returns train loss/accuracy and step timings."""
     config, model, optimizer = run.config, run.model, run.optimizer
