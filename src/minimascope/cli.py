@@ -61,9 +61,9 @@ def one_line_errors(command: Callable) -> Callable:
 _TRAIN_HELP = {
     "optimizer": "sgd or adahessian",
     "arch": "resnet18 (ImageNet stem, as in the study) or resnet18-cifar (3x3 stem, no max-pool)",
-    "epochs": "epochs to train [default: 360 for sgd, 160 for adahessian]",
+    "epochs": "epochs to train (default: 360 for sgd, 160 for adahessian)",
     "batch_size": "training batch size",
-    "lr": "learning rate [default: 0.01 for sgd, 0.15 for adahessian]",
+    "lr": "learning rate (default: 0.01 for sgd, 0.15 for adahessian)",
     "momentum": "SGD momentum",
     "nesterov": "SGD with Nesterov momentum",
     "weight_decay": "weight decay (SGD: L2 in the gradient; AdaHessian: decoupled unless --coupled-weight-decay)",
@@ -80,7 +80,7 @@ _TRAIN_HELP = {
     "pretrained": "start from torchvision's ImageNet weights (new 10-class head)",
     "weights": "local ImageNet weights file (implies --pretrained; for machines without internet)",
     "init_from": "start from the final weights of another run directory",
-    "data": "CIFAR-10 source: image-folder tree, its .tar.gz, cifar-10-batches-py, or 'torchvision' [env: MINIMASCOPE_DATA]",
+    "data": "CIFAR-10 source: image-folder tree, its .tar.gz, cifar-10-batches-py, or 'torchvision' (env: MINIMASCOPE_DATA)",
     "train_subset": "train on a class-balanced subset of N images",
     "test_subset": "evaluate on a class-balanced subset of N test images",
     "val_size": "hold out N training images (class-balanced) for validation",
@@ -108,7 +108,7 @@ def _train_parameters() -> list[inspect.Parameter]:
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
         default = f.default if f.default is not None else None
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = _TRAIN_HELP[f.name] + ("" if "[default" in _TRAIN_HELP[f.name] or shown is None else f" [default: {shown}]")
+        help_text = _TRAIN_HELP[f.name] + ("" if "(default" in _TRAIN_HELP[f.name] or shown is None else f" (default: {shown})")
         parameters.append(inspect.Parameter(
             f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
             default=typer.Option(None, *decls, help=help_text, show_default=False),
@@ -150,11 +150,11 @@ class RichTrainProgress:
         self.bar.update(self.task, advance=1, loss=loss)
 
     def epoch(self, row: dict) -> None:
-        val = f"  val acc {row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else ""
+        val = f" val acc {row['val_accuracy']:.3f}" if row["val_accuracy"] is not None else ""
         self.bar.console.print(
-            f"epoch {row['epoch']:>3}/{self.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
-            f"{val}  test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
-            f"  {row['epoch_time_s']:.1f}s ({row['iter_time_mean_s'] * 1000:.0f}±{row['iter_time_std_s'] * 1000:.0f} ms/step)")
+            f"epoch {row['epoch']}/{self.epochs} train loss {row['train_loss']:.3f} acc {row['train_accuracy']:.3f}"
+            f"{val} test loss {row['test_loss']:.3f} acc {row['test_accuracy']:.3f} {row['epoch_time_s']:.1f}s"
+            f" {row['iter_time_mean_s'] * 1000:.0f}±{row['iter_time_std_s'] * 1000:.0f}ms/step", highlight=False, soft_wrap=True)
         self.bar.reset(self.task, total=self.steps, epoch=min(row["epoch"] + 1, self.epochs), epochs=self.epochs,
                        loss=float("nan"))
 
@@ -165,7 +165,7 @@ class RichTrainProgress:
 @one_line_errors
 def train_command(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file whose keys are any of the options below"),
-    out: Optional[Path] = typer.Option(None, "--out", help="run directory [default: runs/<optimizer>-<arch>-seed<seed>-<time>]"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: runs/<optimizer>-<arch>-seed<seed>-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out (a finished run is left as it is)"),
     **options: Any,
 ) -> None:
@@ -236,12 +236,12 @@ def compare_command(
     run_b: Path = typer.Argument(..., help="run directory or weights/checkpoint file of network B (may be A)"),
     measures: str = typer.Option("cka,svcca,procrustes", help="comma-separated: cka, cka_minibatch, svcca, mean_cca, procrustes"),
     samples: int = typer.Option(10_000, help="test images compared (a class-balanced subset when fewer than 10,000)"),
-    layers: Optional[str] = typer.Option(None, help="comma-separated module names for both networks [default: every Conv2d and Linear]"),
+    layers: Optional[str] = typer.Option(None, help="comma-separated module names for both networks (default: every Conv2d and Linear)"),
     layers_b: Optional[str] = typer.Option(None, help="module names for B when they differ from --layers"),
     layer_set: str = typer.Option("conv_linear", help="default layers: conv_linear or blocks"),
     policy: str = typer.Option("flatten", help="conv maps: flatten (N, C*H*W) or spatial_mean (N, C)"),
-    data_source: Optional[str] = typer.Option(None, "--data", help="CIFAR-10 source [env: MINIMASCOPE_DATA]"),
-    out: Optional[Path] = typer.Option(None, help="output folder [default: comparisons/<A>_vs_<B>]"),
+    data_source: Optional[str] = typer.Option(None, "--data", help="CIFAR-10 source (env: MINIMASCOPE_DATA)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: comparisons/<A>_vs_<B>)"),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda[:N]"),
     batch_size: int = typer.Option(500, help="images per forward pass"),
 ) -> None:
