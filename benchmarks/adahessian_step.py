@@ -35,6 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from minimascope.optim import AdaHessian, fast_batchnorm_double_backward, needs_create_graph  # noqa: E402
+from minimascope.train import cpu_name  # noqa: E402
 
 LAZY_EVERY = 10
 FAST_BN = "+fast_bn"  # suffix: forward pass inside fast_batchnorm_double_backward()
@@ -135,15 +136,6 @@ def peak_memory(name: str, batch: int) -> float | None:
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
@@ -168,7 +160,7 @@ def main() -> None:
         peak_memory_child(args.memory_child, args.batch)
         return
 
-    print(f"CPU: {cpu_model()} | cores: {os.cpu_count()} | torch threads: {torch.get_num_threads()}")
+    print(f"CPU: {cpu_name()} | cores: {os.cpu_count()} | torch threads: {torch.get_num_threads()}")
     print(f"torch {torch.__version__} | torchvision {torchvision.__version__} | python {platform.python_version()}")
     print(f"resnet18(num_classes=10), batch {args.batch}, 3x32x32, CPU | load average at start: {load_average()}")
     medians, counts = time_round_robin(args.batch, args.repeats)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torchvision.models import resnet18
 
+from minimascope.train import cpu_name
 from minimascope.similarity import collect_activations, compare_activations, default_layers, similarity_matrices
 
 STAGES = ("capture", "cka", "minibatch", "svcca", "procrustes", "all", "peer")
@@ -95,13 +95,7 @@ def run_stage(stage: str, samples: int, batch: int) -> dict:
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads"
 
 
 def load() -> str:

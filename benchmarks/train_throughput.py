@@ -10,7 +10,6 @@ of its bare model steps (forward, backward, update on tensors that are already p
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from minimascope import data, models
-from minimascope.train import TrainConfig, resolve_device, train
+from minimascope.train import TrainConfig, environment, resolve_device, train
 
 
 def bare_step_seconds(batch_size: int, device: torch.device, repeats: int) -> list[float]:
@@ -69,9 +68,8 @@ def main() -> None:
     step = statistics.median(before + after)
     images = args.train_subset or 50_000
     bare_epoch = images / args.batch_size * step
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"machine: {cpu}, {torch.get_num_threads()} threads, device {device}, torch {torch.__version__}")
+    machine = environment(device)["device"]
+    print(f"machine: {machine['processor']}, {machine['threads']} threads, device {device}, torch {torch.__version__}")
     print(f"{'measure':<44}{'value':>12}")
     print(f"{'bare step, batch ' + str(args.batch_size) + ' (median s)':<44}{step:>12.3f}")
     print(f"{'bare step spread before/after (median s)':<44}{statistics.median(before):>6.3f}/{statistics.median(after):.3f}")

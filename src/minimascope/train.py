@@ -273,7 +273,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "versions": {"minimascope": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "numpy": numpy.__version__},
         "device": {"type": device.type, "threads": torch.get_num_threads(), "machine": platform.machine(),
-                   "processor": _cpu_name()},
+                   "processor": cpu_name()},
     }
     if device.type == "cuda":
         info["device"]["name"] = torch.cuda.get_device_name(device)
@@ -281,7 +281,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The processor's model name, for run records and benchmark tables."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -301,7 +302,7 @@ class _Run:
     def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device) -> None:
         self.config, self.run_dir, self.device = config, run_dir, device
         self.splits = make_splits(config, device)
-        self.model = models.build_model(config.arch, seed=config.seed)
+        self.model = models.build_model(config.arch, len(data.CLASSES), seed=config.seed)
         if config.pretrained:
             models.init_pretrained(self.model, config.arch, config.weights)
         elif config.init_from:
@@ -321,7 +322,8 @@ class _Run:
         self.record: dict[str, Any] = {}
 
     def weights(self) -> dict:
-        return models.weights_payload(self.model, self.config.arch, 10, dataclasses.asdict(self.config.normalization))
+        return models.weights_payload(self.model, self.config.arch, len(data.CLASSES),
+                                      dataclasses.asdict(self.config.normalization))
 
     def save_checkpoint(self) -> None:
         runs.atomic_torch_save(self.run_dir / runs.CHECKPOINT, {
