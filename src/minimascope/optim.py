@@ -432,35 +432,19 @@ def build_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     nesterov: bool = False,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-4,
-    hessian_power: float = 1.0,
-    update_every: int = 1,
-    block_stat: str = "abs_mean",
-    n_samples: int = 1,
-    decoupled_weight_decay: bool = True,
-    seed: int = 0,
+    **adahessian_options: Any,
 ) -> torch.optim.Optimizer:
-    """The optimizer called ``name`` (one of ``OPTIMIZERS``); each takes only the arguments it uses.
+    """The optimizer called ``name`` (one of ``OPTIMIZERS``).
 
-    ``sgd`` is ``torch.optim.SGD`` with coupled weight decay, as torch applies it.
+    ``sgd`` is ``torch.optim.SGD`` with coupled weight decay, as torch applies it, and ignores
+    ``adahessian_options``; ``adahessian`` takes them as :class:`AdaHessian`'s keyword arguments
+    (betas, eps, hessian_power, update_every, block_stat, n_samples, decoupled_weight_decay, seed)
+    and ignores momentum and nesterov.
     """
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     if name == "adahessian":
-        return AdaHessian(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            hessian_power=hessian_power,
-            update_every=update_every,
-            block_stat=block_stat,
-            n_samples=n_samples,
-            decoupled_weight_decay=decoupled_weight_decay,
-            seed=seed,
-        )
+        return AdaHessian(params, lr=lr, weight_decay=weight_decay, **adahessian_options)
     raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
 
 
