@@ -269,7 +269,7 @@ def test_self_comparison_runs_the_network_once_and_selects_layers() -> None:
     net.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     cka, = similarity_matrices(net, inputs, net, inputs, layers_a=["conv1", "conv3"], layers_b=["conv3", "head"],
                                measures=("cka",), batch_size=25)
-    assert sum(calls) == 60  # one pass over the images, not one per side
+    assert sum(calls) == 1 + 60  # a one-image memory check, then one pass over the images, not one per side
     assert cka.values.shape == (2, 2) and cka.values[1, 0] == pytest.approx(1.0)
 
 
@@ -401,3 +401,20 @@ def test_write_similarity_files(tmp_path) -> None:
     assert saved["policy"] == "flatten" and len(saved["error_bound"]) == 4 and "Ding" in saved["convention"]
     assert (tmp_path / "similarity" / "cka.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "similarity").glob(".*"))  # no temporary files left
+
+
+def test_activations_too_large_for_memory_are_refused_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    """resnet18 flattened on 32×32 inputs is 50,698 floats per image (stem 16,384 … fc 10)."""
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=10).eval()
+    inputs = torch.randn(8, 3, 32, 32)
+    widths = collect_activations(model, inputs[:1], default_layers(model, inputs[:1]), batch_size=1)
+    assert sum(t.shape[1] for t in widths.values()) == 50_698
+    needed = 2 * 4 * 10_000 * 50_698  # two copies' worth for 10,000 images of one network
+    monkeypatch.setattr(sim, "physical_memory_bytes", lambda: needed)  # 80% of it is not enough
+    big = torch.zeros(10_000, 3, 32, 32)
+    with pytest.raises(MinimascopeError, match="need about 4 GiB to compare, more than this machine's 4 GiB"):
+        similarity_matrices(model, big, model, big, measures=("cka",))
+    monkeypatch.setattr(sim, "physical_memory_bytes", lambda: 2 * needed)
+    similarity_matrices(model, inputs, model, inputs, measures=("cka",))  # small: fine

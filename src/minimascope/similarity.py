@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -842,6 +843,27 @@ def _num_classes(model: nn.Module) -> int | None:
     return linears[-1].out_features if linears else None
 
 
+def physical_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_activation_memory(networks: Sequence[tuple[nn.Module, Tensor, Sequence[str]]], *,
+                             device: str | torch.device, policy: str) -> None:
+    """Refuse, before any long forward pass, activations that cannot fit in memory (e.g. the
+    flattened maps of resnet18-cifar, 8k–65k wide, ~25 GB per network on 10,000 images).
+
+    Held float32 activations plus the per-layer work on them need about twice their size."""
+    held = 0
+    for model, inputs, layers in networks:
+        widths = collect_activations(model, inputs[:1], layers, batch_size=1, device=device, policy=policy)
+        held += 4 * inputs.shape[0] * sum(t.shape[1] for t in widths.values())
+    available = physical_memory_bytes()
+    if 2 * held > 0.8 * available:
+        raise MinimascopeError(
+            f"the activations of {inputs.shape[0]} samples need about {2 * held / 2**30:.0f} GiB to compare, "
+            f"more than this machine's {available / 2**30:.0f} GiB: use policy spatial_mean, fewer samples or fewer layers")
+
+
 def similarity_matrices(model_a: nn.Module, inputs_a: Tensor, model_b: nn.Module, inputs_b: Tensor, *,
                         layers_a: Sequence[str] | None = None, layers_b: Sequence[str] | None = None,
                         measures: Sequence[str] = DEFAULT_MEASURES, batch_size: int = 500,
@@ -879,6 +901,8 @@ def similarity_matrices(model_a: nn.Module, inputs_a: Tensor, model_b: nn.Module
                 closing(_iter_activations(model_b, inputs_b, lb, **stream)) as batches_b:
             batches = zip(batches_a, repeat(None) if same else batches_b)
             return [_minibatch_matrix(batches, total, minibatch_size, layout, progress)]
+    _check_activation_memory([(model_a, inputs_a, layout.names_a)] + ([] if same else [(model_b, inputs_b, lb)]),
+                             device=device, policy=policy)
     acts_a = collect_activations(model_a, inputs_a, layout.names_a, batch_size=batch_size, device=device,
                                  policy=policy, progress=progress)
     acts_b = None if same else collect_activations(model_b, inputs_b, lb, batch_size=batch_size, device=device,
