@@ -10,6 +10,7 @@ of its bare model steps (forward, backward, update on tensors that are already p
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import tempfile
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minimascope import data, models
+from minimascope import data, models, runs
 from minimascope.train import TrainConfig, environment, resolve_device, train
 
 
@@ -60,10 +61,10 @@ def main() -> None:
         started = time.perf_counter()
         record = train(config, Path(run_dir) / "run")
         wall = time.perf_counter() - started
-        row = (Path(run_dir) / "run" / "metrics.csv").read_text().splitlines()
+        with (Path(run_dir) / "run" / runs.METRICS_CSV).open() as metrics:
+            columns = next(csv.DictReader(metrics))
     after = bare_step_seconds(args.batch_size, device, args.repeats)
 
-    columns = dict(zip(row[0].split(","), row[1].split(",")))
     epoch, evaluation = float(columns["epoch_time_s"]), float(columns["eval_time_s"])
     step = statistics.median(before + after)
     images = args.train_subset or 50_000

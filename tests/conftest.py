@@ -53,11 +53,17 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     return cache
 
 
+def _shared_archive() -> str | None:
+    """The real CIFAR-10 archive named by ``MINIMASCOPE_TEST_DATA``, if it exists."""
+    shared = os.environ.get("MINIMASCOPE_TEST_DATA")
+    return shared if shared and Path(shared).is_file() else None
+
+
 @pytest.fixture(scope="session")
 def shared_cifar() -> str:
     """The real CIFAR-10 archive, for tests that need real images to learn from."""
-    shared = os.environ.get("MINIMASCOPE_TEST_DATA")
-    if not (shared and Path(shared).is_file()):
+    shared = _shared_archive()
+    if shared is None:
         pytest.skip("needs the real CIFAR-10: set MINIMASCOPE_TEST_DATA (make test does when ../shared/data has it)")
     return shared
 
@@ -66,8 +72,8 @@ def shared_cifar() -> str:
 def cifar_source(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The shared CIFAR-10 archive when ``MINIMASCOPE_TEST_DATA`` names one (make test does),
     else a small synthetic archive of the same layout, so end-to-end tests always run."""
-    shared = os.environ.get("MINIMASCOPE_TEST_DATA")
-    if shared and Path(shared).is_file():
+    shared = _shared_archive()
+    if shared is not None:
         return shared
     root = tmp_path_factory.mktemp("synthetic-cifar")
     make_image_tree(root / "tree", train_per_class=60, test_per_class=20)

@@ -255,11 +255,12 @@ def compare_command(
         raise MinimascopeError(f"--policy must be one of {', '.join(similarity.POLICIES)} and --layer-set one of "
                                f"{', '.join(similarity.LAYER_SETS)}")
     torch_device = resolve_device(device)
-    label_a, label_b = run_a.resolve().name, run_b.resolve().name
-    if run_a.resolve() != run_b.resolve() and label_a == label_b:
+    path_a, path_b = run_a.resolve(), run_b.resolve()
+    same_run = path_a == path_b
+    label_a, label_b = path_a.name, path_b.name
+    if not same_run and label_a == label_b:
         label_a, label_b = f"A {label_a}", f"B {label_b}"
     model_a, payload_a = models.load_trained(run_a)
-    same_run = run_a.resolve() == run_b.resolve()
     model_b, payload_b = (model_a, payload_a) if same_run else models.load_trained(run_b)
     cifar = data.load_cifar10(data_source)
     images = cifar.test_images
@@ -283,7 +284,7 @@ def compare_command(
             model_a, inputs_a, model_b, inputs_b, layers_a=names_a, layers_b=names_b,
             measures=_split_names(measures) or [], batch_size=batch_size, device=torch_device, policy=policy,
             label_a=label_a, label_b=label_b, progress=progress)
-    out_dir = out or Path("comparisons") / f"{run_a.resolve().name}_vs_{run_b.resolve().name}"
+    out_dir = out or Path("comparisons") / f"{path_a.name}_vs_{path_b.name}"
     report.write_similarity(matrices, out_dir)
     for matrix in matrices:
         diagonal = f", mean diagonal {matrix.values.diagonal().mean():.4f}" if matrix.values.shape[0] == matrix.values.shape[1] else ""
