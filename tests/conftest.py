@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from torch import nn
 
 from minimascope.data import CLASSES
 
@@ -78,3 +79,12 @@ def cifar_source(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("synthetic-cifar")
     make_image_tree(root / "tree", train_per_class=60, test_per_class=20)
     return str(make_archive(root / "tree", root / "cifar10-images.tar.gz"))
+
+
+def conv_bn_net() -> nn.Module:
+    """A tiny 2-D net for second-order tests: BN on the raw input (its input needs no gradient), BN
+    after a biased conv (a zero Hessian block), tanh for curvature. Input (N, 1, 8, 8), 3 classes."""
+    return nn.Sequential(
+        nn.BatchNorm2d(1), nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(),
+        nn.Linear(72, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 3),
+    )

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import conv_bn_net
+from minimascope.fast_layers import fast_forward
 from minimascope.optim import (
     OPTIMIZERS,
     AdaHessian,
     block_statistic,
     build_optimizer,
-    fast_batchnorm_double_backward,
     hessian_vector_product,
     hutchinson_diagonal,
     needs_create_graph,
@@ -388,17 +389,17 @@ def test_gradient_without_graph_warns_once_and_is_skipped() -> None:
     assert no_graph.item() < 3.0  # moves once it has an estimate
 
 
-@pytest.mark.parametrize("fast_bn", [False, True])
-def test_step_releases_graphs(fast_bn: bool) -> None:
+@pytest.mark.parametrize("fast", [False, True])
+def test_step_releases_graphs(fast: bool) -> None:
     torch.manual_seed(0)
-    model = bn_net_2d().double()
+    model = conv_bn_net().double()
     images, labels = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
     opt = AdaHessian(model.parameters(), lr=0.01)
     captured: list[weakref.ref] = []
     model[1].register_forward_hook(lambda _m, _i, out: captured.append(weakref.ref(out)))
 
     def one_step() -> None:
-        with fast_batchnorm_double_backward() if fast_bn else contextlib.nullcontext():
+        with fast_forward(double_backward=True) if fast else contextlib.nullcontext():
             out = model(images)
         loss = nn.functional.cross_entropy(out, labels)
         del out
@@ -444,75 +445,6 @@ def test_state_dict_round_trip_is_bit_exact(tmp_path) -> None:
     assert opt.needs_create_graph() is False  # 3 calls done: the schedule resumes mid-cycle
     train(model, opt, batches[3:])
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), uninterrupted))
-
-
-# ----------------------------------------------------------------------------- fused batch-norm double backward
-
-
-def bn_net_2d() -> nn.Module:
-    # BN on the raw input (its input needs no gradient), BN after a biased conv (a zero Hessian block)
-    return nn.Sequential(
-        nn.BatchNorm2d(1), nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(),
-        nn.Linear(72, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 3),
-    )
-
-
-def bn_net_1d() -> nn.Module:
-    return nn.Sequential(nn.Conv1d(2, 3, 3, bias=False), nn.BatchNorm1d(3), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3))
-
-
-def bn_net_3d() -> nn.Module:
-    return nn.Sequential(nn.Conv3d(1, 2, 2), nn.BatchNorm3d(2), nn.Tanh(), nn.Flatten(), nn.Linear(54, 3))
-
-
-def node_names(root: torch.Tensor) -> set[str]:
-    names, stack, seen = set(), [root.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(type(node).__name__)
-        stack += [nxt for nxt, _ in node.next_functions]
-    return names
-
-
-@pytest.mark.parametrize(
-    ("make_net", "input_shape"), [(bn_net_2d, (6, 1, 8, 8)), (bn_net_1d, (6, 2, 8)), (bn_net_3d, (6, 1, 4, 4, 4))]
-)
-def test_fast_batchnorm_gives_torchs_numbers(make_net, input_shape) -> None:
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randn(input_shape, generator=gen, dtype=torch.float64)
-    labels = torch.randint(0, 3, (input_shape[0],), generator=gen)
-    results = []
-    for fast in (False, True):
-        torch.manual_seed(0)
-        net = make_net().double()
-        params = list(net.parameters())
-        with fast_batchnorm_double_backward() if fast else contextlib.nullcontext():
-            out = net(images)
-        assert ("_BatchNormBackward" in node_names(out)) == fast
-        grads = torch.autograd.grad(nn.functional.cross_entropy(out, labels), params, create_graph=True)
-        probes = [rademacher_like(p, torch.Generator().manual_seed(1)) for p in params]
-        products = hessian_vector_product(grads, params, probes)
-        results.append((out.detach(), [g.detach() for g in grads], products, list(net.buffers())))
-    (out, grads, products, buffers), (out_fast, grads_fast, products_fast, buffers_fast) = results
-    # same kernels up to first order: bit-identical; second order: torch's formula vs ours, rounding only
-    assert torch.equal(out, out_fast)
-    assert all(torch.equal(a, b) for a, b in zip(grads, grads_fast))
-    assert all(torch.equal(a, b) for a, b in zip(buffers, buffers_fast))  # running stats, batch counts
-    scale = max(p.abs().max() for p in products)
-    for p, q in zip(products, products_fast):
-        torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12 * scale)
-
-
-def test_fast_batchnorm_leaves_eval_mode_to_torch() -> None:
-    net = bn_net_2d().double().eval()
-    images = torch.randn(3, 1, 8, 8, dtype=torch.float64)
-    with fast_batchnorm_double_backward():
-        out = net(images)
-    assert "_BatchNormBackward" not in node_names(out)
-    assert torch.equal(out, net(images))
 
 
 # ----------------------------------------------------------------------------- validation and factory

@@ -108,127 +108,6 @@ def block_statistic(diagonal: Tensor, stat: str = "abs_mean") -> Tensor:
     return diagonal.mean(dim=dims, keepdim=True).abs()
 
 
-def _channel_sum(t: Tensor) -> Tensor:
-    return t.sum(dim=[d for d in range(t.ndim) if d != 1])
-
-
-def _per_channel(t: Tensor, ndim: int) -> Tensor:
-    return t.view(1, -1, *([1] * (ndim - 2)))
-
-
-class _BatchNormBackward(torch.autograd.Function):
-    """Training-mode batch-norm backward (torch's kernel) with a fused double backward.
-
-    Per channel, with M values, r = 1/sqrt(var + eps), xh = (x - mean) r and the first backward
-    gx = w r (gy - S_g/M - xh S_gxh/M), gw = S_gxh, gb = S_g (S_ab = sum of a*b), the cotangents
-    (u, a, b) of (gx, gw, gb) give, with K = S_ugy - S_u S_g/M - S_uxh S_gxh/M and q = dL/dxh at fixed r:
-        d/dgy = w r (u - S_u/M - xh S_uxh/M) + a xh + b
-        d/dw  = r K
-        d/dx  = r (q - S_q/M - xh S_qxh/M) - w K r^2 xh / M,  q = a gy - w r (S_gxh u + S_uxh gy) / M
-    i.e. per-channel combinations of u, gy, xh: ~11 passes over the activation where torch's generic
-    formula takes ~45, each a separate small op.
-    """
-
-    @staticmethod
-    def forward(ctx, gy: Tensor, x: Tensor, w: Tensor, mean: Tensor, invstd: Tensor, eps: float):  # type: ignore[override]
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            gy, x, w, None, None, mean, invstd, True, eps, [True, True, True]
-        )
-        ctx.save_for_backward(gy, x, w, mean, invstd, gw, gb)
-        return gx, gw, gb
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, u: Tensor, a: Tensor, b: Tensor):  # type: ignore[override]
-        # unused outputs arrive as zeros (autograd materializes them for custom Functions)
-        gy, x, w, mean, invstd, s_gxh, s_g = ctx.saved_tensors
-        n, size = x.ndim, x.numel() // x.shape[1]
-        xh = torch.addcmul(_per_channel(-mean * invstd, n), x, _per_channel(invstd, n))
-        s_u, s_uxh, s_ugy = _channel_sum(u), _channel_sum(u * xh), _channel_sum(u * gy)
-        k = s_ugy - s_u * s_g / size - s_uxh * s_gxh / size
-        wr = w * invstd
-        grad_gy = torch.addcmul(_per_channel(b - wr * s_u / size, n), xh, _per_channel(a - wr * s_uxh / size, n))
-        grad_gy.addcmul_(u, _per_channel(wr, n))
-        grad_x = None
-        if ctx.needs_input_grad[1]:
-            s_q = a * s_g - wr * (s_gxh * s_u + s_uxh * s_g) / size
-            s_qxh = a * s_gxh - 2 * wr * s_gxh * s_uxh / size
-            coef_gy = a * invstd - wr * invstd * s_uxh / size
-            coef_xh = -(invstd * s_qxh + wr * invstd * k) / size
-            grad_x = torch.addcmul(_per_channel(-invstd * s_q / size, n), gy, _per_channel(coef_gy, n))
-            grad_x.addcmul_(xh, _per_channel(coef_xh, n))
-            grad_x.addcmul_(u, _per_channel(-wr * invstd * s_gxh / size, n))
-        return grad_gy, grad_x, invstd * k, None, None, None
-
-
-class _BatchNorm(torch.autograd.Function):
-    """Training-mode batch norm by torch's kernels, with ``_BatchNormBackward`` as its backward."""
-
-    @staticmethod
-    def forward(ctx, x, w, b, running_mean, running_var, momentum: float, eps: float):  # type: ignore[override]
-        out, mean, invstd = torch.native_batch_norm(x, w, b, running_mean, running_var, True, momentum, eps)
-        ctx.save_for_backward(x, w, mean, invstd)
-        ctx.eps = eps
-        return out
-
-    @staticmethod
-    def backward(ctx, gy: Tensor):  # type: ignore[override]
-        x, w, mean, invstd = ctx.saved_tensors
-        gx, gw, gb = _BatchNormBackward.apply(gy, x, w, mean, invstd, ctx.eps)
-        return gx, gw, gb, None, None, None, None
-
-
-def _fast_batch_norm(
-    input: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    training: bool = False,
-    momentum: float | None = 0.1,
-    eps: float = 1e-5,
-) -> Tensor | None:
-    """``F.batch_norm`` through ``_BatchNorm`` where that is equivalent, else None (use torch's)."""
-    supported = (
-        training
-        and weight is not None
-        and bias is not None
-        and momentum is not None
-        and input.dtype in (torch.float32, torch.float64)
-        and weight.dtype == input.dtype
-        and input.ndim >= 2
-        and input.numel() > input.shape[1]  # torch raises for one value per channel
-    )
-    if not supported:
-        return None
-    return _BatchNorm.apply(input, weight, bias, running_mean, running_var, momentum, eps)
-
-
-class _FastBatchNormMode(torch.overrides.TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.batch_norm:
-            out = _fast_batch_norm(*args, **kwargs)
-            if out is not None:
-                return out
-        return func(*args, **kwargs)
-
-
-def fast_batchnorm_double_backward() -> torch.overrides.TorchFunctionMode:
-    """Context manager for the forward pass: training-mode batch norm (``nn.BatchNorm*d``,
-    ``F.batch_norm``) gets a fused double backward, which makes Hessian-vector products cheaper.
-
-    Forward values, running statistics and first-order gradients come from the same torch kernels
-    (bit-identical); second-order results differ from torch's formula only by rounding. Third-order
-    derivatives through batch norm are not supported inside it. Usage::
-
-        with fast_batchnorm_double_backward():
-            loss = criterion(model(x), y)
-        loss.backward(create_graph=needs_create_graph(opt))
-    """
-    return _FastBatchNormMode()
-
-
 def _check_hyperparameters(
     lr: float,
     betas: tuple[float, float],
@@ -363,14 +242,15 @@ class AdaHessian(torch.optim.Optimizer):
                 loss = closure()
         hessian_step = self.needs_create_graph()
         self._calls += 1
-        live = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        for p, _ in live:
+        live = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
+        for p in (p for params in live for p in params):
             if p.grad.is_sparse:
                 raise RuntimeError("AdaHessian does not support sparse gradients")
-        diagonals = self._estimate_diagonals([p for p, _ in live]) if hessian_step else {}
-        for p, group in live:
-            p.grad = p.grad.detach()  # drop the graph now; the values are all the update needs
-            self._update(p, group, diagonals.get(p))
+        diagonals = self._estimate_diagonals([p for params in live for p in params]) if hessian_step else {}
+        for group, params in zip(self.param_groups, live):
+            for p in params:
+                p.grad = p.grad.detach()  # drop the graph now; the values are all the update needs
+            self._update_group(group, params, diagonals)
         return loss
 
     def _estimate_diagonals(self, params: list[Tensor]) -> dict[Tensor, Tensor]:
@@ -393,7 +273,7 @@ class AdaHessian(torch.optim.Optimizer):
             )
         return dict(zip(with_graph, diagonals))
 
-    def _update(self, p: Tensor, group: dict[str, Any], diagonal: Tensor | None) -> None:
+    def _state_of(self, p: Tensor) -> dict[str, Any]:
         state = self.state[p]
         if not state:
             state["step"] = 0
@@ -401,27 +281,42 @@ class AdaHessian(torch.optim.Optimizer):
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             window_shape = [1 if d in block_dims(p.ndim) else s for d, s in enumerate(p.shape)]
             state["exp_hessian_diag_sq"] = torch.zeros(window_shape, dtype=p.dtype, device=p.device)
+        return state
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor], diagonals: dict[Tensor, Tensor]) -> None:
+        """The update of one parameter group, as list-wide (foreach) ops."""
         beta1, beta2 = group["betas"]
-        v = state["exp_hessian_diag_sq"]
-        if diagonal is not None:
-            stat = block_statistic(diagonal, group["block_stat"])
-            v.mul_(beta2).addcmul_(stat, stat, value=1.0 - beta2)
-            state["hessian_updates"] += 1
-        if state["hessian_updates"] == 0:
-            return  # no curvature seen yet: the denominator would be eps alone
+        states = [self._state_of(p) for p in params]
+        fresh = [(state, diagonals[p]) for p, state in zip(params, states) if p in diagonals]
+        if fresh:
+            v_fresh = [state["exp_hessian_diag_sq"] for state, _ in fresh]
+            stats = [block_statistic(diagonal, group["block_stat"]) for _, diagonal in fresh]
+            torch._foreach_mul_(v_fresh, beta2)
+            torch._foreach_addcmul_(v_fresh, stats, stats, value=1.0 - beta2)
+            for state, _ in fresh:
+                state["hessian_updates"] += 1
+        # a parameter with no curvature seen yet is not moved: the denominator would be eps alone
+        moving = [(p, state) for p, state in zip(params, states) if state["hessian_updates"] > 0]
+        if not moving:
+            return
+        params, states = [p for p, _ in moving], [state for _, state in moving]
         lr, wd = group["lr"], group["weight_decay"]
-        grad = p.grad
+        grads = [p.grad for p in params]
         if wd and not group["decoupled_weight_decay"]:
-            grad = grad.add(p, alpha=wd)
-        state["step"] += 1
-        m = state["exp_avg"]
-        m.lerp_(grad, 1.0 - beta1)  # b1 m + (1 - b1) g in one pass
-        bias1 = 1.0 - beta1 ** state["step"]
-        bias2 = 1.0 - beta2 ** state["hessian_updates"]
-        denom = (v / bias2).pow_(group["hessian_power"] / 2.0).add_(group["eps"])
+            grads = torch._foreach_add(grads, params, alpha=wd)
+        for state in states:
+            state["step"] += 1
+        m = [state["exp_avg"] for state in states]
+        torch._foreach_lerp_(m, grads, 1.0 - beta1)  # b1 m + (1 - b1) g in one pass
+        denom = torch._foreach_div(
+            [state["exp_hessian_diag_sq"] for state in states],
+            [1.0 - beta2 ** state["hessian_updates"] for state in states],
+        )
+        torch._foreach_pow_(denom, group["hessian_power"] / 2.0)
+        torch._foreach_add_(denom, group["eps"])
         if wd and group["decoupled_weight_decay"]:
-            p.mul_(1.0 - lr * wd)
-        p.addcdiv_(m, denom, value=-lr / bias1)
+            torch._foreach_mul_(params, 1.0 - lr * wd)
+        torch._foreach_addcdiv_(params, m, denom, [-lr / (1.0 - beta1 ** state["step"]) for state in states])
 
 
 def build_optimizer(

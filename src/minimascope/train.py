@@ -8,7 +8,6 @@ resuming from it gives bit-identical weights on the CPU to a run that was never 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimascope import __version__, data, models, optim, runs
+from minimascope import __version__, data, fast_layers, models, optim, runs
 from minimascope.errors import MinimascopeError
 
 CHECKPOINT_FORMAT = "minimascope-checkpoint-v1"
@@ -259,7 +258,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
     correct = torch.zeros((), dtype=torch.int64, device=images.device)
     for batch, target in data.iterate_batches(images, labels, batch_size, normalization):
-        logits = model(batch)
+        with fast_layers.fast_forward(double_backward=False):
+            logits = model(batch)
         loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
         correct += (logits.argmax(1) == target).sum()
     return loss_sum.item() / len(labels), correct.item() / len(labels)
@@ -378,8 +378,8 @@ def _train_epoch(run: _Run, progress: TrainProgress | None) -> dict[str, float]:
                                               generator=run.generator, augment=config.augment):
         started = time.perf_counter()
         create_graph = optim.needs_create_graph(optimizer)
-        # A Hessian step differentiates through batch norm twice: the fused double backward is cheaper.
-        with optim.fast_batchnorm_double_backward() if create_graph else contextlib.nullcontext():
+        # small feature maps as matrix products; on a Hessian step also the cheaper double backward
+        with fast_layers.fast_forward(double_backward=create_graph):
             logits = model(batch)
         loss = F.cross_entropy(logits, target)
         loss_value = loss.item()
