@@ -1,7 +1,9 @@
 """Training throughput: bare ResNet18 SGD steps against a whole epoch of `minimascope.train`.
 
 The goal: one full-data epoch, data pipeline and evaluation included, costs at most 1.1x the sum
-of its bare model steps (forward, backward, update on tensors that are already prepared).
+of its bare model steps (forward, backward, update on tensors that are already prepared). A bare step
+computes what the training loop does (forward inside ``fast_layers.fast_forward``); the same step with
+torch's own convolutions is timed too, for the speed-up that brings.
 
     python benchmarks/train_throughput.py --data ../shared/data/cifar10-images.tar.gz
     python benchmarks/train_throughput.py --data ... --train-subset 5000   # a shorter check
@@ -10,6 +12,7 @@ of its bare model steps (forward, backward, update on tensors that are already p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import statistics
 import tempfile
@@ -19,12 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minimascope import data, models, runs
+from minimascope import data, fast_layers, models, runs
 from minimascope.train import TrainConfig, environment, resolve_device, train
 
 
-def bare_step_seconds(batch_size: int, device: torch.device, repeats: int) -> list[float]:
-    """Forward, backward and SGD update of resnet18 on one ready batch, timed ``repeats`` times."""
+def bare_step_seconds(batch_size: int, device: torch.device, repeats: int, fast: bool = True) -> list[float]:
+    """Forward, backward and SGD update of resnet18 on one ready batch, timed ``repeats`` times;
+    ``fast``: the forward inside ``fast_layers.fast_forward``, as the training loop runs it."""
     model = models.build_model("resnet18", seed=0).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.95, weight_decay=5e-4)
     images = torch.randn(batch_size, 3, 32, 32, device=device)
@@ -32,7 +36,8 @@ def bare_step_seconds(batch_size: int, device: torch.device, repeats: int) -> li
     times = []
     for i in range(repeats + 2):  # two warm-up steps
         started = time.perf_counter()
-        loss = F.cross_entropy(model(images), labels)
+        with fast_layers.fast_forward(double_backward=False) if fast else contextlib.nullcontext():
+            loss = F.cross_entropy(model(images), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -54,6 +59,7 @@ def main() -> None:
     device = resolve_device(args.device)
     data.load_cifar10(args.data)  # decode outside the timed epoch
 
+    torch_convolutions = bare_step_seconds(args.batch_size, device, args.repeats, fast=False)
     before = bare_step_seconds(args.batch_size, device, args.repeats)
     config = TrainConfig(optimizer="sgd", epochs=1, batch_size=args.batch_size, data=args.data,
                          train_subset=args.train_subset, device=args.device)
@@ -75,6 +81,9 @@ def main() -> None:
     print(f"{'bare step, batch ' + str(args.batch_size) + ' (median s)':<44}{step:>12.3f}")
     print(f"{'bare step spread before/after (median s)':<44}{statistics.median(before):>6.3f}/{statistics.median(after):.3f}")
     print(f"{'bare throughput (images/s)':<44}{args.batch_size / step:>12.0f}")
+    plain = statistics.median(torch_convolutions)
+    print(f"{'bare step, torch convolutions (median s)':<44}{plain:>12.3f}")
+    print(f"{'  speed-up from fast_layers':<44}{plain / step:>12.2f}")
     print(f"{'sum of bare steps for the epoch (s)':<44}{bare_epoch:>12.1f}")
     print(f"{'epoch, train + eval (s)':<44}{epoch:>12.1f}")
     print(f"{'  of which evaluation of test set (s)':<44}{evaluation:>12.1f}")

@@ -61,7 +61,7 @@ class _BatchNormBackward(torch.autograd.Function):
         return gx, gw, gb
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, u: Tensor, a: Tensor, b: Tensor):  # type: ignore[override]
         # unused outputs arrive as zeros (autograd materializes them for custom Functions)
         gy, x, w, mean, invstd, s_gxh, s_g = ctx.saved_tensors
@@ -125,8 +125,6 @@ def _fast_batch_norm(
     if not supported:
         return None
     return _BatchNorm.apply(input, weight, bias, running_mean, running_var, momentum, eps)
-
-
 
 
 class _ConvolutionBackward(torch.autograd.Function):
@@ -241,8 +239,8 @@ def _map_is_small(x: Tensor, w: Tensor) -> bool:
 
 def _convolution(func, double_backward: bool, input: Tensor, weight: Tensor,  # type: ignore[no-untyped-def]
                  bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor | None:
-    """``F.conv{1,2,3}d`` as a dense product on small maps, else through ``_Convolution`` when
-    ``double_backward``; None (torch's own) for string padding, groups, a batch-less input or otherwise."""
+    """``F.conv{1,2,3}d`` as a dense product on small maps (groups of 1), else through ``_Convolution``
+    when ``double_backward``; None (use torch's own) otherwise, and for string padding or an unbatched input."""
     dims = _CONVOLUTIONS[func]
     if isinstance(padding, str) or input.ndim != dims + 2:
         return None
