@@ -3,8 +3,8 @@
 AdaHessian (Yao et al., "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning", AAAI 2021)
 is Adam with the squared gradient replaced by a squared, window-averaged Hutchinson estimate of the
 Hessian diagonal. The helpers (``rademacher_like``, ``hessian_vector_product``, ``hutchinson_diagonal``,
-``block_statistic``) are public so that Hessian trace/eigenvalue code can reuse them, as is
-``fast_batchnorm_double_backward``, which makes Hessian-vector products through batch norm cheaper.
+``block_statistic``) are public so that Hessian trace/eigenvalue code can reuse them; the forward pass
+of a Hessian step is cheaper inside ``minimascope.fast_layers.fast_forward(double_backward=True)``.
 """
 
 from __future__ import annotations
@@ -144,8 +144,8 @@ class AdaHessian(torch.optim.Optimizer):
 
     Usage: ``loss.backward(create_graph=opt.needs_create_graph()); opt.step(); opt.zero_grad()``.
     ``loss.backward(create_graph=True)`` on every step also works, at the cost of the graph. Running
-    the forward pass inside :func:`fast_batchnorm_double_backward` makes Hessian steps of batch-norm
-    networks cheaper.
+    the forward pass inside ``minimascope.fast_layers.fast_forward(double_backward=True)`` makes
+    Hessian steps of convolutional networks cheaper.
 
     Args:
         lr: learning rate.
