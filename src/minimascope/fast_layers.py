@@ -263,10 +263,11 @@ class _FastForwardMode(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        second_order = self.double_backward and torch.is_grad_enabled()
         out = None
         if func in _CONVOLUTIONS:
-            out = _convolution(func, self.double_backward and torch.is_grad_enabled(), *args, **kwargs)
-        elif func is F.batch_norm and self.double_backward and torch.is_grad_enabled():
+            out = _convolution(func, second_order, *args, **kwargs)
+        elif func is F.batch_norm and second_order:
             out = _fast_batch_norm(*args, **kwargs)
         return func(*args, **kwargs) if out is None else out
 

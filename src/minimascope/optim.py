@@ -243,10 +243,10 @@ class AdaHessian(torch.optim.Optimizer):
         hessian_step = self.needs_create_graph()
         self._calls += 1
         live = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
-        for p in (p for params in live for p in params):
-            if p.grad.is_sparse:
-                raise RuntimeError("AdaHessian does not support sparse gradients")
-        diagonals = self._estimate_diagonals([p for params in live for p in params]) if hessian_step else {}
+        all_live = [p for params in live for p in params]
+        if any(p.grad.is_sparse for p in all_live):
+            raise RuntimeError("AdaHessian does not support sparse gradients")
+        diagonals = self._estimate_diagonals(all_live) if hessian_step else {}
         for group, params in zip(self.param_groups, live):
             for p in params:
                 p.grad = p.grad.detach()  # drop the graph now; the values are all the update needs
