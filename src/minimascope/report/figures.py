@@ -1,0 +1,297 @@
+"""The report's figures: matplotlib on a bare Agg canvas (no pyplot, no global backend state),
+written atomically. Curves and profiles are SVG (vector, small); heatmaps and filters PNG.
+
+Each function takes plain arrays and writes one file; the page decides what goes in.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
+
+from minimascope.runs import atomic_write_bytes
+
+DPI = 100
+# Brighter = more alike for both kinds, so similarity and distance maps read the same way.
+SIMILARITY_CMAP = "magma"
+DISTANCE_CMAP = "magma_r"
+FILTER_CMAP = "RdBu_r"
+
+
+def new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save(figure: Figure, path: Path) -> Path:
+    """PNG or SVG by the suffix; SVG without a date, so an unchanged figure gives the same bytes."""
+    buffer = io.BytesIO()
+    if path.suffix == ".svg":
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
+    else:
+        figure.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def spans_decades(values: np.ndarray) -> bool:
+    """Whether positive values span more than a factor 10 (then a log axis reads better)."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    return positive.size > 1 and float(positive.max() / positive.min()) > 10.0
+
+
+# ---------------------------------------------------------------- curves
+
+@dataclass(frozen=True)
+class Curve:
+    """One arm's metric per epoch, one row per seed (NaN where a seed has no value, e.g. after it diverged)."""
+
+    label: str
+    colour: str
+    epochs: np.ndarray  # (E,)
+    per_seed: np.ndarray  # (seeds, E)
+
+
+def _plot_curve(axes, curve: Curve) -> None:
+    with np.errstate(invalid="ignore"):
+        present = np.isfinite(curve.per_seed)
+        counts = present.sum(0)
+        filled = np.where(present, curve.per_seed, 0.0)
+        mean = np.where(counts > 0, filled.sum(0) / np.maximum(counts, 1), np.nan)
+        low = np.where(counts > 0, np.where(present, curve.per_seed, np.inf).min(0), np.nan)
+        high = np.where(counts > 0, np.where(present, curve.per_seed, -np.inf).max(0), np.nan)
+    n = curve.per_seed.shape[0]
+    axes.plot(curve.epochs, mean, color=curve.colour, lw=1.4, label=f"{curve.label} ({n} seed{'s' * (n != 1)})")
+    if n > 1:
+        axes.fill_between(curve.epochs, low, high, color=curve.colour, alpha=0.2, lw=0)
+
+
+def curves_figure(panels: Sequence[tuple[str, Sequence[Curve]]], path: Path, *, columns: int = 3) -> Path:
+    """One panel per (y label, curves): mean line over seeds and a band from the lowest to the
+    highest seed; log y where the values span decades. Shared legend below."""
+    rows = math.ceil(len(panels) / columns)
+    figure = new_figure(4.2 * min(columns, len(panels)), 3.2 * rows + 0.9)
+    axes_list = figure.subplots(rows, min(columns, len(panels)), squeeze=False).ravel()
+    handles: dict[str, object] = {}
+    for axes, (ylabel, curves) in zip(axes_list, panels):
+        for curve in curves:
+            _plot_curve(axes, curve)
+        values = np.concatenate([c.per_seed.ravel() for c in curves]) if curves else np.array([])
+        if spans_decades(values):
+            axes.set_yscale("log")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3, lw=0.5)
+        for handle, label in zip(*axes.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    for axes in axes_list[len(panels):]:
+        axes.set_visible(False)
+    if handles:
+        figure.legend(list(handles.values()), list(handles), loc="outside lower center",
+                      ncols=min(max(2, 2 * min(columns, len(panels))), len(handles)), fontsize=8, frameon=False)
+    return save(figure, path)
+
+
+# ---------------------------------------------------------------- similarity
+
+@dataclass(frozen=True)
+class Heatmap:
+    title: str
+    values: np.ndarray  # (len(layers_a), len(layers_b))
+    layers_a: tuple[str, ...]
+    layers_b: tuple[str, ...]
+
+
+def heatmap_grid(panels: Sequence[Heatmap], path: Path, *, value_range: tuple[float, float], kind: str,
+                 colour_label: str, columns: int = 5) -> Path:
+    """Every panel on one fixed colour range (so maps compare by colour), layer names along the
+    left and bottom edges. The panels must share their layer lists: they are drawn as one image
+    with gaps (one axes for all: 3× faster than an axes per panel, which the report's 30 s budget needs)."""
+    if len({(p.layers_a, p.layers_b) for p in panels}) != 1:
+        raise ValueError("heatmap_grid needs panels with the same layers; group them first")
+    rows_per, cols_per = len(panels[0].layers_a), len(panels[0].layers_b)
+    columns = min(columns, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    gap_x, gap_y = 1, 3  # cells between panels; the vertical gap holds each panel's title
+    height_cells, width_cells = rows * (rows_per + gap_y), columns * cols_per + (columns - 1) * gap_x
+    mosaic = np.full((height_cells, width_cells), np.nan)
+    tops, lefts = [], []
+    for index, panel in enumerate(panels):
+        row, column = divmod(index, columns)
+        top, left = row * (rows_per + gap_y) + gap_y, column * (cols_per + gap_x)
+        mosaic[top:top + rows_per, left:left + cols_per] = panel.values
+        tops.append(top)
+        lefts.append(left)
+    cell = 2.1 / max(rows_per, cols_per)  # inches: a 21-layer panel is 2.1 in wide
+    label_room, colour_room = 1.25, 1.2
+    width, height = label_room + width_cells * cell + colour_room, label_room + height_cells * cell + 0.1
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes((label_room / width, label_room / height, width_cells * cell / width,
+                            height_cells * cell / height))
+    cmap = colormaps[SIMILARITY_CMAP if kind == "similarity" else DISTANCE_CMAP].with_extremes(bad="white")
+    image = axes.imshow(mosaic, vmin=value_range[0], vmax=value_range[1], cmap=cmap, interpolation="nearest",
+                        aspect="auto")
+    for panel, top, left in zip(panels, tops, lefts):
+        axes.text(left + (cols_per - 1) / 2, top - 0.8, panel.title, ha="center", va="bottom", fontsize=7)
+    axes.set_yticks([tops[r * columns] + i for r in range(rows) for i in range(rows_per)],
+                    list(panels[0].layers_a) * rows, fontsize=5)
+    axes.set_xticks([lefts[c] + j for c in range(columns) for j in range(cols_per)],
+                    list(panels[0].layers_b) * columns, fontsize=5, rotation=90)
+    axes.tick_params(length=1.5, pad=1)
+    for spine in axes.spines.values():
+        spine.set_visible(False)
+    span = min(3.0, height - label_room - 0.3)
+    colour_axes = figure.add_axes(((width - colour_room + 0.25) / width, (height - 0.3 - span) / height,
+                                   0.15 / width, span / height))
+    figure.colorbar(image, cax=colour_axes).set_label(colour_label, fontsize=8)
+    return save(figure, path)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Layer i of A against layer i of B along the depth, one row per seed."""
+
+    label: str
+    colour: str
+    layers: tuple[str, ...]
+    per_seed: np.ndarray  # (seeds, layers)
+
+
+def depth_profile_figure(panels: Sequence[tuple[str, str, tuple[float, float], Sequence[Profile]]],
+                         path: Path) -> Path:
+    """One panel per (measure, kind, range, profiles): mean line over seeds with a lowest–highest
+    seed band; distances drawn with the axis reversed, so up always means more alike."""
+    figure = new_figure(4.6 * len(panels), 4.4)
+    axes_list = figure.subplots(1, len(panels), squeeze=False).ravel()
+    handles: dict[str, object] = {}
+    for axes, (measure, kind, value_range, profiles) in zip(axes_list, panels):
+        for profile in profiles:
+            x = np.arange(len(profile.layers))
+            mean = profile.per_seed.mean(0)
+            n = profile.per_seed.shape[0]
+            axes.plot(x, mean, color=profile.colour, lw=1.2, marker=".", ms=3, label=profile.label)
+            if n > 1:
+                axes.fill_between(x, profile.per_seed.min(0), profile.per_seed.max(0), color=profile.colour,
+                                  alpha=0.15, lw=0)
+        layers = max((p.layers for p in profiles), key=len, default=())
+        axes.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
+        axes.set_ylim(*(value_range[::-1] if kind == "distance" else value_range))
+        axes.set_ylabel(f"{measure} of layer i with layer i ({'lower' if kind == 'distance' else 'higher'} = more alike)",
+                        fontsize=8)
+        axes.set_title(measure, fontsize=9)
+        axes.grid(alpha=0.3, lw=0.5)
+        for handle, label in zip(*axes.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        figure.legend(list(handles.values()), list(handles), loc="outside lower center",
+                      ncols=min(4, len(handles)), fontsize=7, frameon=False)
+    return save(figure, path)
+
+
+# ---------------------------------------------------------------- filters
+
+def kernel_mosaic(weight: np.ndarray, max_out: int, max_in: int) -> np.ndarray:
+    """Kernels (out, in, kh, kw) → one 2-D array: row block = output channel, column block =
+    input channel, one NaN pixel between kernels (drawn as background)."""
+    weight = weight[:max_out, :max_in]
+    out, inp, kh, kw = weight.shape
+    mosaic = np.full((out * (kh + 1) - 1, inp * (kw + 1) - 1), np.nan)
+    for o in range(out):
+        for i in range(inp):
+            mosaic[o * (kh + 1):o * (kh + 1) + kh, i * (kw + 1):i * (kw + 1) + kw] = weight[o, i]
+    return mosaic
+
+
+def colour_mosaic(weight: np.ndarray, scale: float, background: float = 1.0) -> np.ndarray:
+    """3-channel kernels (out, 3, kh, kw) → RGB patches in a square-ish grid, 0 weight = grey,
+    ±``scale`` = full colour (values beyond are clipped)."""
+    out, _, kh, kw = weight.shape
+    columns = math.ceil(math.sqrt(out))
+    rows = math.ceil(out / columns)
+    mosaic = np.full((rows * (kh + 1) - 1, columns * (kw + 1) - 1, 3), background)
+    patches = np.clip(0.5 + 0.5 * weight.transpose(0, 2, 3, 1) / scale, 0.0, 1.0)
+    for o in range(out):
+        r, c = divmod(o, columns)
+        mosaic[r * (kh + 1):r * (kh + 1) + kh, c * (kw + 1):c * (kw + 1) + kw] = patches[o]
+    return mosaic
+
+
+def common_scale(weights: Sequence[np.ndarray], quantile: float = 0.99) -> float:
+    """One colour scale for every arm: the ``quantile`` of |w| over all shown kernels (so one
+    outlier does not wash out the rest)."""
+    pooled = np.concatenate([np.abs(w).ravel() for w in weights])
+    scale = float(np.quantile(pooled, quantile)) if pooled.size else 1.0
+    return scale if scale > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where the panels of a fixed-layout figure go, in inches (constrained layout would measure
+    every artist on each pass, for panels whose sizes are known in advance)."""
+
+    count: int
+    columns: int
+    panel: tuple[float, float]  # width, height of one panel
+    gap: tuple[float, float]  # between panels: horizontal, vertical (the vertical one holds the title)
+    margins: tuple[float, float, float, float]  # left, right, bottom, top
+
+    @property
+    def rows(self) -> int:
+        return math.ceil(self.count / self.columns)
+
+    @property
+    def size(self) -> tuple[float, float]:
+        left, right, bottom, top = self.margins
+        return (left + self.columns * self.panel[0] + (self.columns - 1) * self.gap[0] + right,
+                bottom + self.rows * self.panel[1] + self.rows * self.gap[1] + top)
+
+    def add_axes(self, figure: Figure, index: int):
+        width, height = self.size
+        row, column = divmod(index, self.columns)
+        x = self.margins[0] + column * (self.panel[0] + self.gap[0])
+        y = height - self.margins[3] - (row + 1) * (self.panel[1] + self.gap[1])
+        return figure.add_axes((x / width, y / height, self.panel[0] / width, self.panel[1] / height))
+
+    def colorbar_axes(self, figure: Figure):
+        width, height = self.size
+        _, right, bottom, top = self.margins
+        span = min(3.0, height - bottom - top)
+        return figure.add_axes(((width - right + 0.25) / width, (height - top - span - self.gap[1]) / height,
+                                0.15 / width, span / height))
+
+
+def filters_figure(kernels: Mapping[str, np.ndarray], path: Path, *, scale: float, max_out: int = 32,
+                   max_in: int = 32, columns: int = 5) -> Path:
+    """One panel per arm of a conv layer's kernels (out, in, kh, kw) on the common ``scale``:
+    3-input-channel layers as RGB patches, others as a diverging map of the first ``max_out`` ×
+    ``max_in`` channels."""
+    names = list(kernels)
+    rgb = all(w.shape[1] == 3 for w in kernels.values())
+    grid = Grid(len(names), min(columns, len(names)), (2.2, 2.2), (0.2, 0.3), (0.1, 0.1 if rgb else 1.0, 0.1, 0.05))
+    figure = Figure(figsize=grid.size)
+    FigureCanvasAgg(figure)
+    cmap: Colormap = colormaps[FILTER_CMAP].with_extremes(bad="white")
+    image = None
+    for index, name in enumerate(names):
+        axes = grid.add_axes(figure, index)
+        axes.set_axis_off()
+        if rgb:
+            axes.imshow(colour_mosaic(kernels[name], scale), interpolation="nearest")
+        else:
+            image = axes.imshow(kernel_mosaic(kernels[name], max_out, max_in), cmap=cmap, vmin=-scale, vmax=scale,
+                                interpolation="nearest")
+        axes.set_title(name, fontsize=8, pad=3)
+    if image is not None:
+        figure.colorbar(image, cax=grid.colorbar_axes(figure)).set_label("weight", fontsize=8)
+    return save(figure, path)

@@ -1,0 +1,493 @@
+"""The study report: claim checks on constructed numbers, the confidence interval, and the page
+written from a fake study directory that follows STUDY_FORMAT.md."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+from torch import nn
+
+from minimascope import models
+from minimascope.errors import MinimascopeError
+from minimascope.report import claims, write_report
+from minimascope.report.page import SECTIONS, layer_with_itself
+from minimascope.report.results import read_similarity, read_study
+from minimascope.runs import atomic_torch_save, atomic_write_json, atomic_write_text
+from minimascope.similarity import MEASURES, SimilarityMatrix
+from minimascope.train import METRIC_COLUMNS
+
+# ---------------------------------------------------------------- a fake study directory
+
+ARMS = ("sgd", "adahessian", "sgd-pretrained", "adahessian-pretrained", "adahessian-then-sgd", "sgd-then-adahessian",
+        "sgd-scaled-input", "sgd-scaled-normalize", "adahessian-scaled-input", "adahessian-scaled-normalize")
+SKIP_REASON = "no ImageNet weights: torchvision could not fetch IMAGENET1K_V1 (offline); pass --weights FILE"
+# Final test accuracy, final train loss and seconds per epoch of each arm (seeds add a small, seeded jitter).
+FINAL = {"sgd": (0.450, 0.20, 50.0), "adahessian": (0.452, 0.22, 110.0), "sgd-pretrained": (0.60, 0.10, 50.0),
+         "adahessian-pretrained": (0.58, 0.12, 110.0), "adahessian-then-sgd": (0.47, 0.18, 50.0),
+         "sgd-then-adahessian": (0.46, 0.19, 110.0), "sgd-scaled-input": (0.30, 0.90, 50.0),
+         "sgd-scaled-normalize": (0.25, 1.10, 50.0), "adahessian-scaled-input": (0.28, 0.95, 110.0),
+         "adahessian-scaled-normalize": (0.20, 1.30, 110.0)}
+PAIRS = (("sgd", "adahessian"), ("adahessian-then-sgd", "adahessian"), ("sgd-then-adahessian", "sgd"),
+         ("sgd-pretrained", "adahessian-pretrained"), ("sgd", "sgd-scaled-input"), ("sgd", "sgd"),
+         ("adahessian", "adahessian"))
+ISOLATED_LAYER = "layer4.1.conv1"
+MEASURE_NAMES = ("cka", "svcca", "procrustes")
+
+
+def resnet18_layers() -> list[str]:
+    """The 21 Conv2d and Linear layers of resnet18 in forward order (what `compare` uses by default)."""
+    model = models.build_model("resnet18", seed=0)
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def arm_config(arm: str) -> dict:
+    optimizer = {"adahessian-then-sgd": "sgd", "sgd-then-adahessian": "adahessian"}.get(arm, arm.split("-")[0])
+    multiplier = [1e-4, 1.0, 1000.0] if arm.endswith("scaled-input") else \
+        [1e4, 1.0, 1e-3] if arm.endswith("scaled-normalize") else [1.0, 1.0, 1.0]
+    init_from = {"adahessian-then-sgd": "adahessian", "sgd-then-adahessian": "sgd"}.get(arm)
+    return {"optimizer": optimizer, "arch": "resnet18", "epochs": 3, "batch_size": 256,
+            "lr": 0.15 if optimizer == "adahessian" else 0.01, "pretrained": arm.endswith("-pretrained"),
+            "init_from": init_from, "std_multiplier": multiplier, "train_subset": 500, "seed": 0}
+
+
+def _jitter(arm: str, seed: int, scale: float) -> float:
+    return scale * float(np.random.default_rng([ARMS.index(arm) if arm in ARMS else 99, seed]).uniform(-1, 1))
+
+
+def _profile(pair: tuple[str, str], n: int) -> np.ndarray:
+    """Layer i with layer i along the depth, by design: the optimizers part ways with depth,
+    SGD from AdaHessian's minimum stays close, AdaHessian from SGD's moves away."""
+    depth = np.linspace(0.0, 1.0, n)
+    if pair == ("sgd", "adahessian"):
+        return 0.9 - 0.7 * depth
+    if pair == ("adahessian-then-sgd", "adahessian"):
+        return np.full(n, 0.85)
+    if pair == ("sgd-then-adahessian", "sgd"):
+        return np.full(n, 0.35)
+    return 0.8 - 0.3 * depth
+
+
+def similarity_values(pair: tuple[str, str], seed: int, layers: list[str], measure: str) -> np.ndarray:
+    n = len(layers)
+    distance = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+    if pair[0] == pair[1]:  # within one network: 1 with itself, fading with distance, one layer alone
+        cka = 0.9 * np.exp(-distance / 3.0)
+        alone = layers.index(ISOLATED_LAYER)
+        cka[alone, :] = cka[:, alone] = 0.02 + 0.01 * seed
+        np.fill_diagonal(cka, 1.0)
+    else:
+        diagonal = _profile(pair, n) + 0.01 * seed
+        cka = np.sqrt(np.outer(diagonal, diagonal)) * np.exp(-distance / 3.0)
+    cka = np.clip(cka, 0.0, 1.0)
+    if measure == "procrustes":
+        return 2.0 * (1.0 - np.sqrt(cka))
+    return cka ** 0.8 if measure == "svcca" else cka
+
+
+def _metrics_text(arm: str, seed: int, epochs: int, diverged_at: int | None) -> str:
+    accuracy, loss, epoch_s = FINAL[arm]
+    lines = [",".join(METRIC_COLUMNS)]
+    last = epochs if diverged_at is None else diverged_at - 1
+    for epoch in range(1, last + 1):
+        fade = (epochs - epoch) / max(epochs - 1, 1)  # 1 at the first epoch, 0 at the last
+        train_loss = (loss + _jitter(arm, seed, 0.005)) * (20.0 ** fade)  # spans decades: log axis
+        test_accuracy = (accuracy + _jitter(arm, seed, 0.003)) * (1 - 0.5 * fade)
+        time_s = epoch_s + _jitter(arm, seed + epoch, 0.5)
+        lines.append(f"{epoch},0.01,{train_loss!r},{1 - train_loss / 3:.4f},,,{train_loss * 1.3!r},"
+                     f"{test_accuracy!r},{time_s!r},{time_s / 20!r},0.001,1.0")
+    return "\n".join(lines) + "\n"
+
+
+def build_fake_study(root: Path, *, seeds: tuple[int, ...] = (0, 1), epochs: int = 3,
+                     arms: tuple[str, ...] = ARMS, pairs: tuple[tuple[str, str], ...] = PAIRS,
+                     skipped: tuple[str, ...] = ("sgd-pretrained", "adahessian-pretrained"),
+                     diverged: dict[tuple[str, int], int] | None = None, weights: bool = True) -> Path:
+    """A study directory as STUDY_FORMAT.md describes it, with made-up numbers chosen so that
+    some claims hold and some do not (see FINAL, _profile, ISOLATED_LAYER), real resnet18
+    ``final.pt`` files (seed 0 of each arm; other seeds hard-link it: the report reads one seed)
+    and comparison JSONs written by SimilarityMatrix.to_dict()."""
+    diverged = {("adahessian-scaled-normalize", 1): 2} if diverged is None else diverged
+    root.mkdir(parents=True, exist_ok=True)
+    layers = resnet18_layers()
+    nodes, summary = [], []
+    summary_columns = ["arm", "seed", "optimizer", "init", "std_multiplier", "epochs", "status", "test_accuracy",
+                       "test_loss", "train_loss", "train_accuracy", "epoch_time_mean_s", "epoch_time_std_s",
+                       "step_time_mean_s"]
+    for a_index, arm in enumerate(arms):
+        config = arm_config(arm)
+        config["epochs"] = epochs
+        for seed in seeds:
+            path = root / "runs" / arm / f"seed{seed}"
+            status = "skipped" if arm in skipped else "diverged" if (arm, seed) in diverged else "completed"
+            node = {"id": f"run:{arm}:seed{seed}", "kind": "run", "arm": arm, "seed": seed, "key": f"k{a_index}{seed}",
+                    "depends_on": [f"run:{config['init_from']}:seed{seed}"] if config["init_from"] else [],
+                    "path": f"runs/{arm}/seed{seed}", "status": status,
+                    "reason": SKIP_REASON if status == "skipped" else None,
+                    "diverged_epoch": diverged.get((arm, seed)), "time_s": 3.0 * epochs}
+            row = {"arm": arm, "seed": seed, "optimizer": config["optimizer"],
+                   "init": "imagenet" if config["pretrained"] else f"run:{config['init_from']}" if config["init_from"]
+                   else "random", "std_multiplier": ";".join(f"{m:g}" for m in config["std_multiplier"]),
+                   "epochs": epochs, "status": status}
+            if status != "skipped":
+                path.mkdir(parents=True, exist_ok=True)
+                metrics = _metrics_text(arm, seed, epochs, diverged.get((arm, seed)))
+                atomic_write_text(path / "metrics.csv", metrics)
+                last = metrics.strip().splitlines()[-1].split(",")
+                times = [float(line.split(",")[8]) for line in metrics.strip().splitlines()[1:]]
+                final = {"test_accuracy": float(last[7]), "test_loss": float(last[6]), "train_loss": float(last[2]),
+                         "train_accuracy": float(last[3]), "val_accuracy": None, "val_loss": None}
+                record = {"status": status, "config": {**config, "seed": seed}, "final": final,
+                          "time_per_epoch_s": {"mean": float(np.mean(times)), "std": float(np.std(times, ddof=1)) if len(times) > 1 else 0.0}}
+                if status == "completed":
+                    node["final"] = final
+                    row.update({k: final[k] for k in ("test_accuracy", "test_loss", "train_loss", "train_accuracy")})
+                    row.update(epoch_time_mean_s=float(np.mean(times)), epoch_time_std_s=float(np.std(times, ddof=1)),
+                               step_time_mean_s=float(np.mean(times)) / 20)
+                    if weights:
+                        first = root / "runs" / arm / f"seed{seeds[0]}" / "final.pt"
+                        if seed == seeds[0]:
+                            model = models.build_model("resnet18", seed=a_index)
+                            atomic_torch_save(path / "final.pt", models.weights_payload(
+                                model, "resnet18", 10, {"std_multiplier": config["std_multiplier"]}))
+                        else:
+                            os.link(first, path / "final.pt")
+                else:
+                    record["diverged_epoch"] = diverged[(arm, seed)]
+                atomic_write_json(path / "run.json", record)
+            nodes.append(node)
+            summary.append(row)
+    for arm_a, arm_b in pairs:
+        for seed in seeds:
+            relative = f"comparisons/{arm_a}_vs_{arm_b}/seed{seed}"
+            blocked = [a for a in (arm_a, arm_b) if a in skipped]
+            node = {"id": f"compare:{arm_a}:{arm_b}:seed{seed}", "kind": "compare", "arms": [arm_a, arm_b],
+                    "seed": seed, "key": f"c{seed}", "path": relative,
+                    "depends_on": [f"run:{arm_a}:seed{seed}", f"run:{arm_b}:seed{seed}"],
+                    "status": "skipped" if blocked else "completed",
+                    "reason": f"depends on skipped run {blocked[0]} seed {seed}" if blocked else None, "time_s": 2.0}
+            nodes.append(node)
+            if blocked:
+                continue
+            for measure in MEASURE_NAMES:
+                spec = MEASURES[measure]
+                matrix = SimilarityMatrix(measure, spec.kind, spec.convention,
+                                          similarity_values((arm_a, arm_b), seed, layers, measure), tuple(layers),
+                                          tuple(layers), 500, "flatten", arm_a, arm_b)
+                atomic_write_json(root / relative / f"{measure}.json", matrix.to_dict())
+    study = {
+        "format": "minimascope-study-v1", "name": "fake", "source": "preset:fake",
+        "created": "2026-11-28T10:00:00+00:00", "updated": "2026-11-28T10:20:00+00:00", "wall_time_s": 1234.5,
+        "data": {"source": "/data/cifar10-images.tar.gz", "key": "abc123", "train_size": 500, "test_size": 500},
+        "environment": {"versions": {"minimascope": "0.1.0", "torch": "2.14.1"},
+                        "device": {"type": "cpu", "threads": 2, "processor": "Fake CPU"}},
+        "seeds": list(seeds), "arms": {arm: {**arm_config(arm), "epochs": epochs} for arm in arms},
+        "compare": {"measures": list(MEASURE_NAMES), "samples": 500, "pairs": "listed", "within": True},
+        "nodes": nodes,
+    }
+    atomic_write_json(root / "study.json", study)
+    lines = [",".join(summary_columns)] + [",".join("" if row.get(c) is None else str(row[c]) for c in summary_columns)
+                                          for row in summary]
+    atomic_write_text(root / "summary.csv", "\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fake_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_fake_study(tmp_path_factory.mktemp("study") / "fake")
+
+
+@pytest.fixture(scope="module")
+def report_page(fake_study: Path) -> Path:
+    return write_report(fake_study)
+
+
+# ---------------------------------------------------------------- the confidence interval
+
+def test_spread_is_the_student_t_interval_of_the_mean() -> None:
+    values = [0.41, 0.45, 0.44, 0.47]
+    s = claims.spread(values)
+    half = stats.t.ppf(0.975, df=3) * np.std(values, ddof=1) / math.sqrt(4)  # t(0.975, 3) = 3.182
+    assert s.n == 4 and s.mean == pytest.approx(0.4425)
+    assert (s.low, s.high) == pytest.approx((0.4425 - half, 0.4425 + half), rel=1e-12)
+    two = claims.spread([1.0, 2.0])  # t(0.975, 1) = 12.706: two seeds give a wide interval
+    assert (two.low, two.high) == pytest.approx((1.5 - 12.7062047 * 0.5, 1.5 + 12.7062047 * 0.5), rel=1e-6)
+
+
+def test_spread_of_one_seed_has_no_interval() -> None:
+    one = claims.spread([0.5])
+    assert one.n == 1 and one.mean == 0.5 and math.isnan(one.low) and math.isnan(one.high)
+    assert claims.spread([]).n == 0
+
+
+def test_difference_interval_is_every_difference_both_intervals_allow() -> None:
+    a, b = claims.Spread(1.0, 0.8, 1.2, 3), claims.Spread(0.5, 0.45, 0.6, 3)
+    assert claims.difference_interval(a, b) == pytest.approx((0.2, 0.75))
+
+
+# ---------------------------------------------------------------- claim checks
+
+def test_judge_higher_needs_the_difference_beyond_the_spread() -> None:
+    assert claims.judge_higher([5.0, 5.1, 4.9], [1.0, 1.1, 0.9], "a", "b")[0] == claims.SUPPORTED
+    assert claims.judge_higher([1.0, 1.1, 0.9], [5.0, 5.1, 4.9], "a", "b")[0] == claims.NOT_SUPPORTED
+    verdict, reason = claims.judge_higher([1.0, 3.0], [1.5, 1.7], "a", "b")  # higher mean, within the spread
+    assert verdict == claims.INCONCLUSIVE and "within the seed-to-seed spread" in reason
+    assert claims.judge_higher([5.0], [1.0], "a", "b") == (claims.INCONCLUSIVE, claims.ONE_SEED)
+    assert claims.judge_higher([], [1.0, 2.0], "a", "b")[1] == "no completed runs: a"
+
+
+def test_judge_about_equal_with_tolerance() -> None:
+    assert claims.judge_about_equal([0.500, 0.501, 0.502], [0.501, 0.502, 0.503], 0.01, "a", "b")[0] == claims.SUPPORTED
+    assert claims.judge_about_equal([0.50, 0.501, 0.502], [0.60, 0.601, 0.602], 0.01, "a", "b")[0] \
+        == claims.NOT_SUPPORTED
+    assert claims.judge_about_equal([0.50, 0.52], [0.51, 0.50], 0.01, "a", "b")[0] == claims.INCONCLUSIVE
+
+
+def test_accuracy_matches() -> None:
+    row = claims.accuracy_matches(sgd=[0.780, 0.781, 0.782], adahessian=[0.781, 0.782, 0.783])
+    assert row.verdict == claims.SUPPORTED and "SGD 78.10%" in row.ours and "AdaHessian 78.20%" in row.ours
+    row = claims.accuracy_matches(sgd=[0.78, 0.781, 0.782], adahessian=[0.70, 0.701, 0.702])
+    assert row.verdict == claims.NOT_SUPPORTED
+    assert claims.accuracy_matches([0.78], [0.78]).reason == "one seed: inconclusive"
+
+
+def test_pretrained_raises_accuracy() -> None:
+    row = claims.pretrained_raises_accuracy(random_init=[0.78, 0.79, 0.785], pretrained=[0.83, 0.835, 0.84],
+                                            optimizer="sgd")
+    assert row.verdict == claims.SUPPORTED and row.claim.endswith("— sgd")
+    assert claims.pretrained_raises_accuracy([0.83, 0.835, 0.84], [0.78, 0.79, 0.785], "sgd").verdict \
+        == claims.NOT_SUPPORTED
+
+
+def test_adahessian_costs_more_time() -> None:
+    row = claims.adahessian_costs_more_time(sgd_epoch_s=[25.4, 25.5, 25.6], adahessian_epoch_s=[44.0, 44.1, 43.9])
+    assert row.verdict == claims.SUPPORTED and "ratio 1.73×" in row.ours and "SGD 25.50 s" in row.ours
+    assert claims.adahessian_costs_more_time([44.0, 44.1, 43.9], [25.4, 25.5, 25.6]).verdict == claims.NOT_SUPPORTED
+
+
+def test_first_layers_more_similar() -> None:
+    falling = [np.linspace(0.9, 0.2, 21) + 0.01 * k for k in range(3)]
+    row = claims.first_layers_more_similar(falling)
+    assert row.verdict == claims.SUPPORTED and "first 7 layers" in row.ours
+    rising = [d[::-1] for d in falling]
+    assert claims.first_layers_more_similar(rising).verdict == claims.NOT_SUPPORTED
+    assert claims.first_layers_more_similar(falling[:1]).reason == claims.ONE_SEED
+
+
+def test_pretrained_reduces_difference() -> None:
+    random_init = [np.full(21, 0.5 + 0.01 * k) for k in range(3)]
+    pretrained = [np.full(21, 0.8 + 0.01 * k) for k in range(3)]
+    assert claims.pretrained_reduces_difference(random_init, pretrained).verdict == claims.SUPPORTED
+    assert claims.pretrained_reduces_difference(pretrained, random_init).verdict == claims.NOT_SUPPORTED
+
+
+def within_matrix(n: int, alone: int | None, level: float) -> np.ndarray:
+    matrix = np.full((n, n), 0.6)
+    if alone is not None:
+        matrix[alone, :] = matrix[:, alone] = level
+    np.fill_diagonal(matrix, 1.0)
+    return matrix
+
+
+def test_isolated_layers() -> None:
+    layers = [f"l{i}" for i in range(6)]
+    seeds = [within_matrix(6, alone=4, level=0.02 + 0.005 * k) for k in range(3)]
+    row = claims.isolated_layers({"sgd": (layers, seeds)})
+    assert row.verdict == claims.SUPPORTED and "sgd: l4" in row.ours
+    connected = [within_matrix(6, alone=None, level=0.0) + 0.01 * k for k in range(3)]
+    row = claims.isolated_layers({"sgd": (layers, connected)})
+    assert row.verdict == claims.NOT_SUPPORTED and "no layer" in row.ours
+    row = claims.isolated_layers({"sgd": (layers, seeds[:1])})
+    assert row.verdict == claims.INCONCLUSIVE and row.reason == claims.ONE_SEED and "sgd: l4" in row.ours
+
+
+def test_largest_other_similarity_ignores_the_diagonal() -> None:
+    matrix = np.array([[1.0, 0.2, 0.1], [0.2, 1.0, 0.7], [0.1, 0.7, 1.0]])
+    assert claims.largest_other_similarity(matrix) == pytest.approx([0.2, 0.7, 0.7])
+
+
+def test_sgd_from_adahessian_stays_close() -> None:
+    layers = [f"l{i}" for i in range(5)]
+    stay = [np.full(5, 0.85 + 0.01 * k) for k in range(3)]
+    move = [np.full(5, 0.30 + 0.01 * k) for k in range(3)]
+    row = claims.sgd_from_adahessian_stays_close(stay, move, layers)
+    assert row.verdict == claims.SUPPORTED and "higher beyond the spread in 5 of 5" in row.ours
+    assert claims.sgd_from_adahessian_stays_close(move, stay, layers).verdict == claims.NOT_SUPPORTED
+
+
+def test_normalisation_claims() -> None:
+    row = claims.normalisation_lowers_train_loss(normal=[0.2, 0.21, 0.19], scaled=[0.5, 0.52, 0.48],
+                                                 optimizer="sgd", reading="scaled input")
+    assert row.verdict == claims.SUPPORTED and "scaled / normal 2.50×" in row.ours
+    assert claims.normalisation_lowers_train_loss([0.5, 0.52, 0.48], [0.2, 0.21, 0.19], "sgd", "x").verdict \
+        == claims.NOT_SUPPORTED
+    assert claims.normalisation_raises_accuracy([0.73, 0.729, 0.731], [0.64, 0.637, 0.638], "sgd", "x").verdict \
+        == claims.SUPPORTED
+    assert claims.normalisation_raises_accuracy([0.64, 0.637, 0.638], [0.73, 0.729, 0.731], "sgd", "x").verdict \
+        == claims.NOT_SUPPORTED
+
+
+def test_unavailable_claim_keeps_the_reason() -> None:
+    row = claims.ACCURACY_MATCHES.unavailable("sgd: seed 0: skipped: no weights")
+    assert row.verdict == claims.INCONCLUSIVE and row.reason == "sgd: seed 0: skipped: no weights"
+
+
+# ---------------------------------------------------------------- reading the study
+
+def test_read_similarity_round_trips_to_dict(tmp_path: Path) -> None:
+    matrix = SimilarityMatrix("procrustes", "distance", "c", np.arange(6.0).reshape(2, 3) / 3, ("a", "b"),
+                              ("x", "y", "z"), 50, "flatten", "A", "B", np.full((2, 3), 1e-3))
+    atomic_write_json(tmp_path / "procrustes.json", matrix.to_dict())
+    back = read_similarity(tmp_path / "procrustes.json")
+    assert back.values.tolist() == matrix.values.tolist() and back.layers_b == ("x", "y", "z")
+    assert back.error_bound.tolist() == matrix.error_bound.tolist() and back.kind == "distance"
+
+
+def test_layer_with_itself_matches_layers_by_name() -> None:
+    matrix = SimilarityMatrix("cka", "similarity", "", np.array([[1.0, 2.0], [3.0, 4.0]]), ("a", "b"), ("b", "a"),
+                              1, "flatten", "A", "B")
+    assert layer_with_itself(matrix)[0] == ("a", "b")
+    assert layer_with_itself(matrix)[1].tolist() == [2.0, 3.0]
+
+
+def test_read_study_refuses_a_folder_without_study_json(tmp_path: Path) -> None:
+    with pytest.raises(MinimascopeError, match="not a study directory"):
+        write_report(tmp_path)
+    (tmp_path / "study.json").write_text('{"format": "something-else"}')
+    with pytest.raises(MinimascopeError, match="is not a minimascope-study-v1 file"):
+        read_study(tmp_path)
+
+
+def test_read_study_numbers(fake_study: Path) -> None:
+    study = read_study(fake_study)
+    assert study.seeds == [0, 1] and list(study.arms) == list(ARMS)
+    assert study.runs[("sgd-pretrained", 0)].status_text == f"skipped: {SKIP_REASON}"
+    assert study.runs[("adahessian-scaled-normalize", 1)].status_text == "diverged at epoch 2"
+    assert len(study.values("sgd", "test_accuracy")) == 2 and study.values("sgd-pretrained", "test_accuracy") == []
+    assert study.values("adahessian-scaled-normalize", "test_accuracy") == [
+        study.runs[("adahessian-scaled-normalize", 0)].value("test_accuracy")]
+    assert study.measures == list(MEASURE_NAMES) and ("sgd", "sgd") in study.pairs()
+    assert not study.missing
+
+
+# ---------------------------------------------------------------- the page
+
+class PageParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.links: list[tuple[str, str]] = []  # (tag, url) of every img src, a href, link href, script src
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "section":
+            self.sections.append(values.get("id") or "")
+        for name in ("src", "href"):
+            if values.get(name):
+                self.links.append((tag, values[name]))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse_page(path: Path) -> PageParser:
+    parser = PageParser()
+    parser.feed(path.read_text())
+    return parser
+
+
+def check_page(page: Path) -> PageParser:
+    """What any report page must satisfy: every section, relative links to files that exist, nothing remote."""
+    parsed = parse_page(page)
+    assert parsed.sections == [s.id for s in SECTIONS]
+    for tag, url in parsed.links:
+        if url.startswith("#"):
+            assert url[1:] in parsed.sections
+            continue
+        assert "://" not in url and not url.startswith(("/", "//")), f"{tag} links to {url}"
+        assert (page.parent / url).is_file(), f"{tag} links to missing {url}"
+    assert any(tag == "img" for tag, _ in parsed.links)
+    assert not list(page.parent.glob(".*.tmp"))  # atomic writes leave no temporary files
+    return parsed
+
+
+def test_report_page_structure(report_page: Path) -> None:
+    parsed = check_page(report_page)
+    text = " ".join(parsed.text)
+    images = [url for tag, url in parsed.links if tag == "img"]
+    assert {"curves.svg", "normalisation.svg", "similarity-depth.svg", "similarity-cka.png", "similarity-svcca.png",
+            "similarity-procrustes.png", "filters-layer3.1.conv1.png", "filters-conv1.png"} <= set(images)
+    for image in images:
+        data = (report_page.parent / image).read_bytes()
+        assert data.startswith(b"\x89PNG") if image.endswith(".png") else b"<svg" in data[:2000]
+    assert SKIP_REASON in text  # skipped arms say why, in the study table and where they are missing
+    assert "diverged at epoch 2" in text
+    for arm in ARMS:
+        assert arm in text
+    assert "78.29%" in text and "25.48 ± 0.22 s" in text  # the seed paper's numbers beside ours
+    assert "half of ours" in text and "cumulative singular values" in text  # anatome's conventions
+
+
+def test_report_table_csv_holds_the_numbers(report_page: Path, fake_study: Path) -> None:
+    rows = {row["arm"]: row for row in csv.DictReader((report_page.parent / "table2.csv").open())}
+    assert list(rows) == list(ARMS)
+    study = read_study(fake_study)
+    accuracy = study.values("sgd", "test_accuracy")
+    s = claims.spread(accuracy)
+    assert float(rows["sgd"]["test_accuracy_mean"]) == pytest.approx(np.mean(accuracy))
+    assert float(rows["sgd"]["test_accuracy_ci95_low"]) == pytest.approx(s.low)
+    assert rows["sgd"]["test_accuracy_per_seed"] == ";".join(repr(v) for v in accuracy)
+    assert rows["sgd"]["seed_paper_test_accuracy"] == "0.7829" and rows["adahessian"]["seed_paper_epoch_time_s"] == "44.02"
+    assert rows["sgd-pretrained"]["test_accuracy_mean"] == "" and "skipped" in rows["sgd-pretrained"]["status"]
+    times = [float(line.split(",")[8]) for seed in (0, 1)
+             for line in (fake_study / f"runs/sgd/seed{seed}/metrics.csv").read_text().splitlines()[1:]]
+    assert float(rows["sgd"]["epoch_time_mean_s"]) == pytest.approx(np.mean(times))
+    # Pooled from the seeds' means and stds: the std over all epochs (up to the ddof of the per-seed stds).
+    assert float(rows["sgd"]["epoch_time_std_s"]) == pytest.approx(np.std(times), rel=0.3)
+
+
+def test_report_claim_verdicts(fake_study: Path) -> None:
+    from minimascope.report.page import claim_rows
+
+    rows = {row.claim: row for row in claim_rows(read_study(fake_study))}
+    by_start = {claim.split(" (")[0].split(" — ")[0]: row for claim, row in rows.items()}
+    assert rows[claims.ADAHESSIAN_COSTS_MORE_TIME.claim].verdict == claims.SUPPORTED
+    assert rows[claims.FIRST_LAYERS_MORE_SIMILAR.claim].verdict == claims.SUPPORTED
+    assert rows[claims.SGD_FROM_ADAHESSIAN_STAYS.claim].verdict == claims.SUPPORTED
+    isolated = rows[claims.ISOLATED_LAYERS.claim]
+    assert isolated.verdict == claims.SUPPORTED and f"sgd: {ISOLATED_LAYER}" in isolated.ours
+    pretrained = rows[claims.PRETRAINED_REDUCES_DIFFERENCE.claim]
+    assert pretrained.verdict == claims.INCONCLUSIVE and "skipped run sgd-pretrained" in pretrained.reason
+    raised = [row for claim, row in rows.items() if claim.startswith("Starting from ImageNet")]
+    assert len(raised) == 2 and all(SKIP_REASON in row.reason for row in raised)
+    assert by_start["AdaHessian reaches the accuracy of SGD"].verdict in (claims.INCONCLUSIVE, claims.SUPPORTED)
+    normalisation = [row for claim, row in rows.items() if claim.startswith("Normalised inputs")]
+    assert len(normalisation) == 8  # 2 optimizers × 2 readings × (loss, accuracy)
+    diverged = [row for row in normalisation if "adahessian, scaled Normalize" in row.claim]
+    assert all(row.reason == claims.ONE_SEED for row in diverged)  # one seed left after the other diverged
+
+
+def test_partial_study_lists_what_is_missing(tmp_path: Path) -> None:
+    root = build_fake_study(tmp_path / "partial", seeds=(0,), arms=("sgd", "adahessian", "sgd-scaled-input"),
+                            pairs=(("sgd", "adahessian"),), skipped=(), diverged={}, weights=False)
+    (root / "summary.csv").unlink()
+    (root / "comparisons/sgd_vs_adahessian/seed0/svcca.json").unlink()
+    study = json.loads((root / "study.json").read_text())
+    study["nodes"][1]["status"], study["nodes"][1]["reason"] = "running", None  # adahessian still training
+    atomic_write_json(root / "study.json", study)
+    page = write_report(root)
+    parsed = check_page(page)
+    text = " ".join(parsed.text)
+    assert "summary.csv: not found" in text
+    assert "comparisons/sgd_vs_adahessian/seed0/svcca.json: not found" in text
+    assert "run adahessian seed 0: running" in text
+    assert "runs/sgd/seed0/final.pt" in text  # no weights: the filters section says so
+    assert claims.ONE_SEED in text
