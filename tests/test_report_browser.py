@@ -5,9 +5,9 @@ section is on the page; saves a full-page screenshot in the test's tmp_path, and
 folder named by MINIMASCOPE_ARTIFACTS when that is set. Skipped only when no chromium executable
 is found (MINIMASCOPE_CHROMIUM names one explicitly).
 
-``check_report_in_browser(study_dir, screenshot)`` takes any study directory: the fake study
-here, or a real one (set MINIMASCOPE_REPORT_STUDY to a study directory, e.g. the `tiny` preset's,
-to check its report as well).
+``check_report_in_browser(index_html, screenshot)`` takes any written report: the fake study's
+here, or a real study's (set MINIMASCOPE_REPORT_STUDY to a study directory, e.g. the `tiny`
+preset's, to write and check its report as well).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
-from test_report import build_fake_study
+from test_report import fake_study, report_page  # noqa: F401  (session fixtures shared with test_report.py)
 
 from minimascope.report import write_report
 from minimascope.report.page import SECTIONS
@@ -33,14 +33,13 @@ def find_chromium() -> str | None:
     return next((c for c in candidates if c and Path(c).is_file() and os.access(c, os.X_OK)), None)
 
 
-def check_report_in_browser(study_dir: Path, screenshot: Path) -> dict:
-    """Write the study's report, open it in chromium and assert what a reader needs: every image
-    decoded, no console error, nothing fetched outside file://, every section present. Saves a
-    full-page screenshot to ``screenshot``; returns what the page showed (for further checks)."""
+def check_report_in_browser(index: Path, screenshot: Path) -> dict:
+    """Open a written report (``STUDY_DIR/report/index.html``) in chromium and assert what a reader
+    needs: every image decoded, no console error, nothing fetched outside file://, every section
+    present. Saves a full-page screenshot to ``screenshot``; returns what the page showed."""
     chromium = find_chromium()
     if chromium is None:
         pytest.skip("no chromium executable found (set MINIMASCOPE_CHROMIUM)")
-    index = write_report(study_dir)
     requests, errors = [], []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -88,9 +87,8 @@ def keep_artifact(screenshot: Path) -> None:
         shutil.copy2(screenshot, Path(folder) / screenshot.name)
 
 
-def test_fake_study_report_in_browser(tmp_path: Path) -> None:
-    study = build_fake_study(tmp_path / "fake")
-    shown = check_report_in_browser(study, tmp_path / "report-fake.png")
+def test_fake_study_report_in_browser(report_page: Path, tmp_path: Path) -> None:  # noqa: F811
+    shown = check_report_in_browser(report_page, tmp_path / "report-fake.png")
     keep_artifact(tmp_path / "report-fake.png")
     sources = {image["src"] for image in shown["images"]}
     assert {"curves.svg", "similarity-cka.png", "filters-conv1.png"} <= sources
@@ -104,5 +102,5 @@ def test_real_study_report_in_browser(tmp_path: Path) -> None:
     if not study:
         pytest.skip("set MINIMASCOPE_REPORT_STUDY to a study directory to check its report")
     screenshot = tmp_path / f"report-{Path(study).name}.png"
-    check_report_in_browser(Path(study), screenshot)
+    check_report_in_browser(write_report(study), screenshot)
     keep_artifact(screenshot)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minimascope.analysis.seeds import mean_confidence_interval
+from minimascope.analysis.seeds import ConfidenceInterval, mean_confidence_interval
 
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
@@ -57,32 +57,19 @@ class ClaimRow:
     reason: str
 
 
-@dataclass(frozen=True)
-class Spread:
-    """Mean and 95% CI over seeds of one group (low = high = NaN with fewer than two seeds)."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
+def spread(values: Sequence[float]) -> ConfidenceInterval:
+    """Mean and 95% CI over seeds (low = high = NaN with one seed; n = 0 and NaN without values)."""
+    if not len(values):
+        return ConfidenceInterval(math.nan, math.nan, math.nan, LEVEL, 0, math.nan)
+    return mean_confidence_interval(values, level=LEVEL)
 
 
-def spread(values: Sequence[float]) -> Spread:
-    values = [float(v) for v in values]
-    if not values:
-        return Spread(math.nan, math.nan, math.nan, 0)
-    if len(values) < 2:
-        return Spread(values[0], math.nan, math.nan, 1)
-    mean, low, high = mean_confidence_interval(values, level=LEVEL)
-    return Spread(mean, low, high, len(values))
-
-
-def difference_interval(a: Spread, b: Spread) -> tuple[float, float]:
+def difference_interval(a: ConfidenceInterval, b: ConfidenceInterval) -> tuple[float, float]:
     """Every difference mean_A − mean_B that both 95% CIs allow."""
     return a.low - b.high, a.high - b.low
 
 
-def _few_seeds(groups: Mapping[str, Spread]) -> str | None:
+def _few_seeds(groups: Mapping[str, ConfidenceInterval]) -> str | None:
     """The reason no verdict is possible, or None when every group has a spread."""
     empty = [name for name, g in groups.items() if g.n == 0]
     if empty:
@@ -122,7 +109,8 @@ def judge_about_equal(a: Sequence[float], b: Sequence[float], tolerance: float, 
         return SUPPORTED, f"{name_a} − {name_b} lies in {interval}, inside {band}"
     if low > tolerance or high < -tolerance:
         return NOT_SUPPORTED, f"{name_a} − {name_b} lies in {interval}, outside {band} beyond the seed-to-seed spread"
-    return INCONCLUSIVE, f"{name_a} − {name_b} lies in {interval}, partly outside {band}: the spread is too wide to tell"
+    return INCONCLUSIVE, (f"{name_a} − {name_b} lies in {interval}, partly outside {band}: the spread is too wide "
+                          f"to tell")
 
 
 # ---------------------------------------------------------------- formatting our numbers
@@ -190,6 +178,10 @@ SGD_FROM_ADAHESSIAN_STAYS = Claim(
     "CKA(layer i of sgd-then-adahessian, layer i of sgd); per layer too")
 
 
+def pretrained_claim(optimizer: str) -> Claim:
+    return Claim(f"{PRETRAINED_RAISES_ACCURACY.claim} — {optimizer}", PRETRAINED_RAISES_ACCURACY.measured)
+
+
 def normalisation_loss_claim(optimizer: str, reading: str) -> Claim:
     return Claim(f"Normalised inputs end with a lower train loss than scaled ones "
                  f"(seed: {SEED_TRAIN_LOSS_RATIO}× smaller) — {optimizer}, {reading}",
@@ -210,9 +202,9 @@ def accuracy_matches(sgd: Sequence[float], adahessian: Sequence[float],
 
 
 def pretrained_raises_accuracy(random_init: Sequence[float], pretrained: Sequence[float], optimizer: str) -> ClaimRow:
-    claim = Claim(f"{PRETRAINED_RAISES_ACCURACY.claim} — {optimizer}", PRETRAINED_RAISES_ACCURACY.measured)
     ours = f"pretrained {describe(pretrained, PERCENT)}; random init {describe(random_init, PERCENT)}"
-    return claim.row(ours, judge_higher(pretrained, random_init, "pretrained", "random init", PERCENT))
+    return pretrained_claim(optimizer).row(
+        ours, judge_higher(pretrained, random_init, "pretrained", "random init", PERCENT))
 
 
 def adahessian_costs_more_time(sgd_epoch_s: Sequence[float], adahessian_epoch_s: Sequence[float]) -> ClaimRow:

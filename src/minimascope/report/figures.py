@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
@@ -34,10 +34,12 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save(figure: Figure, path: Path) -> Path:
-    """PNG or SVG by the suffix; SVG without a date, so an unchanged figure gives the same bytes."""
+    """PNG or SVG by the suffix; SVG without a date and with fixed element ids, so an unchanged
+    figure gives the same bytes (a rewritten report differs only where its data did)."""
     buffer = io.BytesIO()
     if path.suffix == ".svg":
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
+        with rc_context({"svg.hashsalt": "minimascope"}):
+            figure.savefig(buffer, format="svg", metadata={"Date": None})
     else:
         figure.savefig(buffer, format="png", dpi=DPI)
     atomic_write_bytes(path, buffer.getvalue())
@@ -62,14 +64,20 @@ class Curve:
     per_seed: np.ndarray  # (seeds, E)
 
 
+def seed_band(per_seed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of (seeds, points): mean, lowest and highest over the seeds that have a value
+    there (NaN where none has: a curve simply stops, e.g. after every seed diverged)."""
+    present = np.isfinite(per_seed)
+    counts = present.sum(0)
+    some = counts > 0
+    mean = np.where(some, np.where(present, per_seed, 0.0).sum(0) / np.maximum(counts, 1), np.nan)
+    low = np.where(some, np.where(present, per_seed, np.inf).min(0), np.nan)
+    high = np.where(some, np.where(present, per_seed, -np.inf).max(0), np.nan)
+    return mean, low, high
+
+
 def _plot_curve(axes, curve: Curve) -> None:
-    with np.errstate(invalid="ignore"):
-        present = np.isfinite(curve.per_seed)
-        counts = present.sum(0)
-        filled = np.where(present, curve.per_seed, 0.0)
-        mean = np.where(counts > 0, filled.sum(0) / np.maximum(counts, 1), np.nan)
-        low = np.where(counts > 0, np.where(present, curve.per_seed, np.inf).min(0), np.nan)
-        high = np.where(counts > 0, np.where(present, curve.per_seed, -np.inf).max(0), np.nan)
+    mean, low, high = seed_band(curve.per_seed)
     n = curve.per_seed.shape[0]
     axes.plot(curve.epochs, mean, color=curve.colour, lw=1.4, label=f"{curve.label} ({n} seed{'s' * (n != 1)})")
     if n > 1:
@@ -187,7 +195,8 @@ def depth_profile_figure(panels: Sequence[tuple[str, str, tuple[float, float], S
         layers = max((p.layers for p in profiles), key=len, default=())
         axes.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
         axes.set_ylim(*(value_range[::-1] if kind == "distance" else value_range))
-        axes.set_ylabel(f"{measure} of layer i with layer i ({'lower' if kind == 'distance' else 'higher'} = more alike)",
+        direction = "lower" if kind == "distance" else "higher"
+        axes.set_ylabel(f"{measure} of layer i with layer i ({direction} = more alike)",
                         fontsize=8)
         axes.set_title(measure, fontsize=9)
         axes.grid(alpha=0.3, lw=0.5)

@@ -14,11 +14,13 @@ zipped and opened anywhere.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +132,8 @@ def _arm_status(study: Study, arm: str) -> str:
     groups: dict[str, list[int]] = {}
     for run in runs:
         groups.setdefault(run.status_text, []).append(run.seed)
-    return "; ".join(f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}: {text}" for text, seeds in groups.items())
+    return "; ".join(f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}: {text}"
+                     for text, seeds in groups.items())
 
 
 def _arm_status_short(study: Study, arm: str) -> str:
@@ -318,7 +321,8 @@ def table_section(ctx: Context) -> dict[str, Any]:
     atomic_write_text(ctx.out / TABLE_CSV, table_csv(rows))
     return {
         "data_used": f"summary.csv (final epoch of each completed run); test accuracy on the test split, final train "
-                     f"loss on the train split; {_data_sizes(ctx.study)}; {_epochs_text(ctx.study, list(ctx.study.arms))}",
+                     f"loss on the train split; {_data_sizes(ctx.study)}; "
+                     f"{_epochs_text(ctx.study, list(ctx.study.arms))}",
         "missing": [f"{r['arm']}: {r['status']}" for r in rows if not r["complete"]],
         "rows": rows,
         "csv": TABLE_CSV,
@@ -511,7 +515,8 @@ def similarity_section(ctx: Context) -> dict[str, Any]:
         missing.append("no completed comparison in this study")
     return {
         "data_used": f"comparisons/*/seed*/<measure>.json; activations of "
-                     f"{', '.join(map(str, sorted(n_samples))) or '?'} test images ({', '.join(sorted(policies)) or '?'}"
+                     f"{', '.join(map(str, sorted(n_samples))) or '?'} test images "
+                     f"({', '.join(sorted(policies)) or '?'}"
                      f" policy) through each run's final.pt; seeds {', '.join(map(str, study.seeds))}; "
                      f"{len(cross)} pairs of arms and {len(within)} networks compared with themselves",
         "missing": missing, "measures": measures, "profile": profile_figure,
@@ -581,53 +586,42 @@ def filters_section(ctx: Context, layers: Sequence[str] = FILTER_LAYERS, max_cha
 
 # ---------------------------------------------------------------- 7. claims
 
+def _checked(study: Study, claim: claims.Claim, check: Callable[..., claims.ClaimRow],
+             inputs: Sequence[tuple[str | None, str]]) -> claims.ClaimRow:
+    """``check`` on the per-seed values of each (arm, summary column); when an arm has none, the
+    row says why; runs that did not complete (e.g. diverged) are named in the reason."""
+    values = [study.values(arm, column) if arm else [] for arm, column in inputs]
+    if not all(values):
+        return claim.unavailable("; ".join(why_unavailable(study, arm) if arm else "no such arm"
+                                           for (arm, _), v in zip(inputs, values) if not v))
+    row = check(*values)
+    notes = [why_unavailable(study, arm) for arm in dict.fromkeys(arm for arm, _ in inputs)
+             if arm and not all(r.completed for r in study.arm_runs(arm))]
+    return dataclasses.replace(row, reason="; ".join([row.reason, *notes])) if notes else row
+
+
 def claim_rows(study: Study) -> list[claims.ClaimRow]:
     """Every claim of the seed, checked against this study's numbers (unavailable ones say why)."""
-    rows = []
-
-    def arm_values(arm: str, column: str) -> list[float] | None:
-        values = study.values(arm, column)
-        return values or None
-
-    sgd_acc, ada_acc = arm_values("sgd", "test_accuracy"), arm_values("adahessian", "test_accuracy")
-    if sgd_acc and ada_acc:
-        rows.append(claims.accuracy_matches(sgd_acc, ada_acc))
-    else:
-        rows.append(claims.ACCURACY_MATCHES.unavailable(
-            "; ".join(why_unavailable(study, a) for a, v in (("sgd", sgd_acc), ("adahessian", ada_acc)) if not v)))
+    rows = [_checked(study, claims.ACCURACY_MATCHES, claims.accuracy_matches,
+                     [("sgd", "test_accuracy"), ("adahessian", "test_accuracy")])]
     for optimizer in OPTIMIZERS:
-        random_init = arm_values(optimizer, "test_accuracy")
-        pretrained = arm_values(f"{optimizer}-pretrained", "test_accuracy")
-        if random_init and pretrained:
-            rows.append(claims.pretrained_raises_accuracy(random_init, pretrained, optimizer))
-        else:
-            claim = claims.Claim(f"{claims.PRETRAINED_RAISES_ACCURACY.claim} — {optimizer}",
-                                 claims.PRETRAINED_RAISES_ACCURACY.measured)
-            rows.append(claim.unavailable("; ".join(why_unavailable(study, a) for a, v in (
-                (optimizer, random_init), (f"{optimizer}-pretrained", pretrained)) if not v)))
-    sgd_time, ada_time = arm_values("sgd", "epoch_time_mean_s"), arm_values("adahessian", "epoch_time_mean_s")
-    if sgd_time and ada_time:
-        rows.append(claims.adahessian_costs_more_time(sgd_time, ada_time))
-    else:
-        rows.append(claims.ADAHESSIAN_COSTS_MORE_TIME.unavailable(
-            "; ".join(why_unavailable(study, a) for a, v in (("sgd", sgd_time), ("adahessian", ada_time)) if not v)))
+        rows.append(_checked(study, claims.pretrained_claim(optimizer),
+                             partial(claims.pretrained_raises_accuracy, optimizer=optimizer),
+                             [(optimizer, "test_accuracy"), (f"{optimizer}-pretrained", "test_accuracy")]))
+    rows.append(_checked(study, claims.ADAHESSIAN_COSTS_MORE_TIME, claims.adahessian_costs_more_time,
+                         [("sgd", "epoch_time_mean_s"), ("adahessian", "epoch_time_mean_s")]))
     rows += _similarity_claims(study)
-    for optimizer, normal, scaled in normalisation_groups(study):
+    groups = normalisation_groups(study)
+    for optimizer, normal, scaled in groups:
         for arm in scaled:
             reading = reading_text(arm, study.arms[arm]).split(":")[0]
-            normal_loss = arm_values(normal, "train_loss") if normal else None
-            scaled_loss = arm_values(arm, "train_loss")
-            if normal_loss and scaled_loss:
-                rows.append(claims.normalisation_lowers_train_loss(normal_loss, scaled_loss, optimizer, reading))
-                rows.append(claims.normalisation_raises_accuracy(arm_values(normal, "test_accuracy") or [],
-                                                                 arm_values(arm, "test_accuracy") or [],
-                                                                 optimizer, reading))
-            else:
-                reason = "; ".join(why_unavailable(study, a) for a, v in ((normal or f"{optimizer} (normal)", normal_loss),
-                                                                          (arm, scaled_loss)) if not v)
-                rows.append(claims.normalisation_loss_claim(optimizer, reading).unavailable(reason))
-                rows.append(claims.normalisation_accuracy_claim(optimizer, reading).unavailable(reason))
-    if not normalisation_groups(study):
+            rows.append(_checked(study, claims.normalisation_loss_claim(optimizer, reading),
+                                 partial(claims.normalisation_lowers_train_loss, optimizer=optimizer, reading=reading),
+                                 [(normal, "train_loss"), (arm, "train_loss")]))
+            rows.append(_checked(study, claims.normalisation_accuracy_claim(optimizer, reading),
+                                 partial(claims.normalisation_raises_accuracy, optimizer=optimizer, reading=reading),
+                                 [(normal, "test_accuracy"), (arm, "test_accuracy")]))
+    if not groups:
         for claim in (claims.normalisation_loss_claim("sgd, adahessian", "either reading"),
                       claims.normalisation_accuracy_claim("sgd, adahessian", "either reading")):
             rows.append(claim.unavailable("no arm with scaled inputs in this study"))

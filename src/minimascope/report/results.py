@@ -194,7 +194,8 @@ def read_similarity(path: Path) -> SimilarityMatrix:
     except (KeyError, TypeError, ValueError) as exc:
         raise MinimascopeError(f"{path} is not a similarity matrix ({type(exc).__name__}: {exc})") from None
     if values.shape != (len(matrix.layers_a), len(matrix.layers_b)):
-        raise MinimascopeError(f"{path}: values are {values.shape}, layers {len(matrix.layers_a)}×{len(matrix.layers_b)}")
+        raise MinimascopeError(f"{path}: values are {values.shape} for "
+                               f"{len(matrix.layers_a)}×{len(matrix.layers_b)} layers")
     return matrix
 
 
@@ -211,8 +212,8 @@ def _run_result(node: dict[str, Any], root: Path, summary: dict[tuple[str, int],
     else:  # summary.csv missing or behind: the run's own record has the same numbers
         record = _read_json(run.path / RUN_JSON, missing, root) or {}
         final, per_epoch = record.get("final") or node.get("final") or {}, record.get("time_per_epoch_s") or {}
-        run.values = {**{k: _float(v) for k, v in final.items()},
-                      "epoch_time_mean_s": _float(per_epoch.get("mean")), "epoch_time_std_s": _float(per_epoch.get("std"))}
+        run.values = {**{k: _float(v) for k, v in final.items()}, "epoch_time_mean_s": _float(per_epoch.get("mean")),
+                      "epoch_time_std_s": _float(per_epoch.get("std"))}
         if summary is not None:
             missing.append(f"{SUMMARY_CSV}: no row for {arm} seed {seed} (numbers taken from its {RUN_JSON})")
     try:
@@ -240,7 +241,7 @@ def _comparison(node: dict[str, Any], root: Path, measures: Iterable[str], missi
                             root / node.get("path", f"comparisons/{arm_a}_vs_{arm_b}/seed{seed}"))
     if comparison.status != "completed":
         return comparison
-    for measure in measures:
+    for measure in measures or sorted(p.stem for p in comparison.path.glob("*.json")):
         path = comparison.path / f"{measure}.json"
         try:
             comparison.matrices[measure] = read_similarity(path)
@@ -275,6 +276,6 @@ def read_study(study_dir: str | Path) -> Study:
         if node.get("kind") == "run":
             run = _run_result(node, root, summary, missing)
             runs[(run.arm, run.seed)] = run
-    measures = record.get("compare", {}).get("measures") or []
+    measures = record.get("compare", {}).get("measures") or []  # none listed: whatever each folder holds
     comparisons = [_comparison(n, root, measures, missing) for n in nodes if n.get("kind") == "compare"]
     return Study(root, record, runs, comparisons, missing)
