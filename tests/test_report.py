@@ -18,7 +18,7 @@ from torch import nn
 from minimascope import models
 from minimascope.errors import MinimascopeError
 from minimascope.report import claims, figures, write_report
-from minimascope.report.page import SECTIONS, layer_with_itself
+from minimascope.report.page import SECTIONS, layer_with_itself, pooled_mean_std
 from minimascope.report.results import read_similarity, read_study
 from minimascope.runs import atomic_torch_save, atomic_write_json, atomic_write_text
 from minimascope.similarity import MEASURES, SimilarityMatrix
@@ -497,8 +497,15 @@ def test_report_table_csv_holds_the_numbers(report_page: Path, fake_study: Path)
     times = [float(line.split(",")[8]) for seed in (0, 1)
              for line in (fake_study / f"runs/sgd/seed{seed}/metrics.csv").read_text().splitlines()[1:]]
     assert float(rows["sgd"]["epoch_time_mean_s"]) == pytest.approx(np.mean(times))
-    # Pooled from the seeds' means and stds: the std over all epochs (up to the ddof of the per-seed stds).
-    assert float(rows["sgd"]["epoch_time_std_s"]) == pytest.approx(np.std(times), rel=0.3)
+    assert float(rows["sgd"]["epoch_time_std_s"]) == pytest.approx(np.std(times, ddof=1), rel=1e-12)
+
+
+def test_pooled_mean_std_equals_the_std_of_all_values() -> None:
+    groups = [np.array([1.0, 2.0, 4.0]), np.array([10.0, 11.0]), np.array([5.0])]
+    mean, std = pooled_mean_std([len(g) for g in groups], [g.mean() for g in groups],
+                                [g.std(ddof=1) if len(g) > 1 else 0.0 for g in groups])
+    everything = np.concatenate(groups)
+    assert (mean, std) == pytest.approx((everything.mean(), everything.std(ddof=1)), rel=1e-12)
 
 
 def test_report_claim_verdicts(fake_study: Path) -> None:

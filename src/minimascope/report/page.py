@@ -251,16 +251,23 @@ def _node_time(study: Study, run: RunResult) -> float | None:
 
 # ---------------------------------------------------------------- 2. table II
 
-def _pooled_epoch_time(runs: Sequence[RunResult]) -> tuple[float | None, float | None]:
-    """Mean and std of epoch time over all epochs of all seeds, from each seed's mean and std
-    (total variance = mean of the seeds' variances + variance of their means; same epochs per seed)."""
-    pairs = [(r.value("epoch_time_mean_s"), r.value("epoch_time_std_s")) for r in runs if r.completed]
-    pairs = [(m, s if s is not None else 0.0) for m, s in pairs if m is not None]
-    if not pairs:
+def pooled_mean_std(counts: Sequence[int], means: Sequence[float], stds: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1) of all values of several groups, from each group's count, mean
+    and sample std: the sum of squares is Σ (n_k − 1) s_k² + n_k (m_k − m)²."""
+    n, m, s = (np.asarray(x, dtype=float) for x in (counts, means, stds))
+    total = n.sum()
+    mean = float((n * m).sum() / total)
+    squares = float(((n - 1) * s**2 + n * (m - mean) ** 2).sum())
+    return mean, math.sqrt(squares / (total - 1)) if total > 1 else 0.0
+
+
+def _pooled_epoch_time(runs: Sequence[RunResult], epochs: int) -> tuple[float | None, float | None]:
+    """Mean ± std of the epoch time over every epoch of every completed seed (each ran ``epochs``)."""
+    groups = [(r.value("epoch_time_mean_s"), r.value("epoch_time_std_s")) for r in runs if r.completed]
+    groups = [(m, s or 0.0) for m, s in groups if m is not None]
+    if not groups:
         return None, None
-    means = np.array([m for m, _ in pairs])
-    stds = np.array([s for _, s in pairs])
-    return float(means.mean()), float(math.sqrt((stds**2).mean() + means.var()))
+    return pooled_mean_std([epochs] * len(groups), [m for m, _ in groups], [s for _, s in groups])
 
 
 def _step_text(seconds: float) -> str:
@@ -274,7 +281,7 @@ def table_rows(study: Study) -> list[dict[str, Any]]:
         accuracy = study.values(arm, "test_accuracy")
         loss = study.values(arm, "train_loss")
         step = study.values(arm, "step_time_mean_s")
-        epoch_mean, epoch_std = _pooled_epoch_time(runs)
+        epoch_mean, epoch_std = _pooled_epoch_time(runs, int(config.get("epochs") or 1))
         seed_paper_time = claims.SEED_EPOCH_TIME_S.get(arm)
         rows.append({
             "arm": arm, "optimizer": config.get("optimizer", "?"), "init": _init_text(config),
