@@ -1,0 +1,1 @@
+"""Analyses that read trained networks and write result files: comparisons, weights, mistakes, seeds."""
