@@ -19,7 +19,8 @@ run: $(VENV)/installed
 		$(if $(DATA),--data $(DATA)) --out runs/quick-sgd --resume
 
 test: $(VENV)/installed
-	MINIMASCOPE_TEST_DATA=$(DATA) $(BIN)/python -m pytest -q
+	$(BIN)/ruff check -q src tests benchmarks
+	MINIMASCOPE_TEST_DATA=$(DATA) MINIMASCOPE_ARTIFACTS=$(abspath test-artifacts) $(BIN)/python -m pytest -q
 
 bench: $(VENV)/installed
 	$(BIN)/python benchmarks/train_throughput.py $(if $(DATA),--data $(DATA))

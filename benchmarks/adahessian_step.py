@@ -43,9 +43,9 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from minimascope.env import cpu_name  # noqa: E402
 from minimascope.fast_layers import fast_forward  # noqa: E402
 from minimascope.optim import AdaHessian, needs_create_graph  # noqa: E402
-from minimascope.train import cpu_name  # noqa: E402
 
 LAZY_EVERY = 10
 FAST = "+fast"  # suffix: forward pass inside fast_forward(), as `minimascope train` runs it

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torchvision.models import resnet18
 
-from minimascope.train import cpu_name
+from minimascope.env import cpu_name
 from minimascope.similarity import collect_activations, compare_activations, default_layers, similarity_matrices
 
 STAGES = ("capture", "cka", "minibatch", "svcca", "procrustes", "all", "peer")

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from minimascope import data, fast_layers, models, runs
-from minimascope.train import TrainConfig, environment, resolve_device, train
+from minimascope.config import TrainConfig
+from minimascope.env import environment, resolve_device
+from minimascope.train import train
 
 
 def bare_step_seconds(batch_size: int, device: torch.device, repeats: int, fast: bool = True) -> list[float]:
@@ -79,7 +81,8 @@ def main() -> None:
     print(f"machine: {machine['processor']}, {machine['threads']} threads, device {device}, torch {torch.__version__}")
     print(f"{'measure':<44}{'value':>12}")
     print(f"{'bare step, batch ' + str(args.batch_size) + ' (median s)':<44}{step:>12.3f}")
-    print(f"{'bare step spread before/after (median s)':<44}{statistics.median(before):>6.3f}/{statistics.median(after):.3f}")
+    spread = f"{statistics.median(before):>6.3f}/{statistics.median(after):.3f}"
+    print(f"{'bare step spread before/after (median s)':<44}{spread}")
     print(f"{'bare throughput (images/s)':<44}{args.batch_size / step:>12.0f}")
     plain = statistics.median(torch_convolutions)
     print(f"{'bare step, torch convolutions (median s)':<44}{plain:>12.3f}")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from minimascope import models, runs
+from minimascope import io, models
 from minimascope.cli import app
 from test_train import assert_one_line_error
 
@@ -19,7 +19,7 @@ def weights_file(path: Path, seed: int, num_classes: int = 10, std_multiplier=(1
     model = models.build_model("resnet18", num_classes=num_classes, seed=seed)
     normalization = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616],
                      "std_multiplier": list(std_multiplier)}
-    runs.atomic_torch_save(path, models.weights_payload(model, "resnet18", num_classes, normalization))
+    io.atomic_torch_save(path, models.weights_payload(model, "resnet18", num_classes, normalization))
     return path
 
 
@@ -67,7 +67,7 @@ def test_compare_bad_input_is_one_line(two_networks, cifar_source: str, tmp_path
     common = ["--data", cifar_source, "--out", str(tmp_path / "o")]
     assert_one_line_error(compare(str(a), str(b), "--samples", "50", "--layers", "layer1.0.conv", *common),
                           "layer1.0.conv1")
-    assert_one_line_error(compare(str(a), str(b), "--samples", "0", *common), "--samples must be at least 1")
+    assert_one_line_error(compare(str(a), str(b), "--samples", "0", *common), "samples must be at least 1")
     assert_one_line_error(compare(str(a), str(b), "--samples", "50", "--measures", "cca", *common), "unknown measure")
     assert_one_line_error(compare(str(a), str(b), "--samples", "20000", *common), "exceeds the")
     hundred = weights_file(tmp_path / "c100.pt", seed=2, num_classes=100)

@@ -14,11 +14,21 @@ import torch
 from torch import nn
 
 from minimascope import similarity as sim
+from minimascope.analysis.compare import write_similarity
 from minimascope.errors import MinimascopeError
-from minimascope.report import write_similarity
 from minimascope.similarity import (
-    MinibatchCKA, SimilarityWarning, capture_activations, check_layer_names, collect_activations,
-    compare_activations, default_layers, linear_cka, mean_cca, procrustes_distance, similarity_matrices, svcca,
+    MinibatchCKA,
+    SimilarityWarning,
+    capture_activations,
+    check_layer_names,
+    collect_activations,
+    compare_activations,
+    default_layers,
+    linear_cka,
+    mean_cca,
+    procrustes_distance,
+    similarity_matrices,
+    svcca,
 )
 
 

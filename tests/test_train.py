@@ -15,10 +15,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from minimascope import models, runs
+from minimascope import io, models, runs
 from minimascope.cli import app
+from minimascope.config import TrainConfig, milestone_epochs
 from minimascope.errors import MinimascopeError
-from minimascope.train import TrainConfig, milestone_epochs, train
+from minimascope.train import train
 
 SMALL = ["--train-subset", "200", "--test-subset", "100", "--batch-size", "50", "--eval-batch-size", "100"]
 
@@ -93,8 +94,8 @@ def test_killed_run_resumes_bit_identical(cifar_source: str, tmp_path: Path, opt
 
     result = invoke(*args, "--resume")
     assert result.exit_code == 0, result.output
-    straight = runs.load_torch_file(tmp_path / "straight" / "final.pt")["state_dict"]
-    resumed = runs.load_torch_file(out / "final.pt")["state_dict"]
+    straight = io.load_torch_file(tmp_path / "straight" / "final.pt")["state_dict"]
+    resumed = io.load_torch_file(out / "final.pt")["state_dict"]
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     rows = list(csv.DictReader((out / "metrics.csv").open()))
@@ -122,7 +123,8 @@ def test_nan_loss_stops_the_run_as_diverged(cifar_source: str, tmp_path: Path) -
 
 def test_yaml_config_with_command_line_overrides(cifar_source: str, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(f"optimizer: sgd\nepochs: 1\nlr: 0.05\nstd_multiplier: 1000\nmilestones: [0.5]\ndata: {cifar_source}\n")
+    config.write_text(f"optimizer: sgd\nepochs: 1\nlr: 0.05\nstd_multiplier: 1000\nmilestones: [0.5]\n"
+                      f"data: {cifar_source}\n")
     result = invoke("--help")
     assert result.exit_code == 0
     result = invoke("train", "--config", str(config), "--lr", "0.02", *SMALL, "--out", str(tmp_path / "run"))
@@ -152,9 +154,9 @@ def test_bad_paths_are_one_line(tmp_path: Path, cifar_source: str) -> None:
     assert_one_line_error(invoke("train", "--config", str(tmp_path / "absent.yaml")), "cannot read")
     cifar_run = tmp_path / "cifar-run"
     cifar_run.mkdir()
-    runs.atomic_torch_save(cifar_run / "final.pt", models.weights_payload(
+    io.atomic_torch_save(cifar_run / "final.pt", models.weights_payload(
         models.build_model("resnet18-cifar"), "resnet18-cifar", 10, {}))
-    runs.atomic_write_json(cifar_run / "run.json", {"status": "completed"})
+    io.atomic_write_json(cifar_run / "run.json", {"status": "completed"})
     assert_one_line_error(invoke("train", *SMALL, "--data", cifar_source, "--init-from", str(cifar_run),
                                  "--out", str(tmp_path / "r2")), "holds a resnet18-cifar network, not resnet18")
 

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from minimascope.errors import MinimascopeError
-from minimascope.runs import atomic_write_bytes
+from minimascope.io import atomic_write_bytes
 
 CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -65,15 +65,24 @@ def resolve_source(source: str | os.PathLike | None) -> str:
     return os.environ.get("MINIMASCOPE_DATA") or TORCHVISION
 
 
+def _source_path(source: str) -> Path:
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise MinimascopeError(f"CIFAR-10 source not found: {path}; {_HELP}")
+    return path
+
+
+def content_key(source: str | os.PathLike | None = None) -> str:
+    """The key of a source's content, what a run's identity holds instead of its path.
+    torchvision's download is the published data set itself, so its key is its name."""
+    source = resolve_source(source)
+    return TORCHVISION if source == TORCHVISION else _source_key(_source_path(source))
+
+
 def load_cifar10(source: str | os.PathLike | None = None) -> Cifar10:
     """Load CIFAR-10 from a source (see module doc), decoding it only the first time."""
     source = resolve_source(source)
-    if source == TORCHVISION:
-        path = _download_with_torchvision(cache_root() / "torchvision")
-    else:
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise MinimascopeError(f"CIFAR-10 source not found: {path}; {_HELP}")
+    path = _download_with_torchvision(cache_root() / "torchvision") if source == TORCHVISION else _source_path(source)
     cache_file = cache_root() / f"cifar10-{_source_key(path)}.npz"
     if cache_file.is_file():
         try:
@@ -182,10 +191,12 @@ def _decode_image_files(files: Iterable[tuple[str, object]]) -> dict[str, np.nda
         names = {label for s, label in found if s == split}
         missing = [c for c in CLASSES if c not in names]
         if missing:
-            raise MinimascopeError(f"{split}/ lacks class folder(s) {', '.join(missing)}; expected {', '.join(CLASSES)}")
+            raise MinimascopeError(f"{split}/ lacks class folder(s) {', '.join(missing)}; "
+                                   f"expected {', '.join(CLASSES)}")
         unknown = sorted(names - set(CLASSES))
         if unknown:
-            raise MinimascopeError(f"{split}/ has unknown class folder(s) {', '.join(unknown)}; expected {', '.join(CLASSES)}")
+            raise MinimascopeError(f"{split}/ has unknown class folder(s) {', '.join(unknown)}; "
+                                   f"expected {', '.join(CLASSES)}")
         images, labels = [], []
         for label_index, label in enumerate(CLASSES):
             for name, read in sorted(found[(split, label)], key=lambda item: item[0]):
@@ -205,7 +216,9 @@ def _decode_image(name: str, data: bytes) -> np.ndarray:
             pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise MinimascopeError(f"cannot decode image {name}: {exc}") from None
-    return pixels.transpose(2, 0, 1)
+    # Contiguous (C, H, W), as the cache file reads back: a transposed view would give the stacked
+    # array a channels-last layout, so a cold and a warm cache would run different conv kernels.
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
 # ----------------------------------------------------------------------------- subsets and folds
@@ -258,8 +271,11 @@ class Normalization:
     """Per-channel ``x̂ = m · (x − mean) / std`` on pixels in [0, 1].
 
     ``std_multiplier`` m sets the per-channel std of what the network sees: 1 is the usual
-    normalisation; the AdaHessian study multiplies it by 1e-4 and by 1000 to ask whether
-    curvature information makes normalisation unnecessary.
+    normalisation. The AdaHessian study distorts it per channel in one run (R, G, B) to ask
+    whether curvature information makes normalisation unnecessary: m = (1e-4, 1, 1000) reads
+    its "multiplies the standard deviation of the three channels by 0.0001, 1 and 1000" as the
+    input's std; m = (1e4, 1, 1e-3) reads it as torchvision's ``Normalize`` with its std argument
+    multiplied. The study runs both.
     """
 
     mean: tuple[float, float, float] = CIFAR10_MEAN

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from minimascope.config import ARCHITECTURES
 from minimascope.errors import MinimascopeError
-from minimascope.runs import FINAL_WEIGHTS, is_completed, load_torch_file
+from minimascope.io import load_torch_file
+from minimascope.runs import FINAL_WEIGHTS, is_completed
 
-ARCHITECTURES = ("resnet18", "resnet18-cifar")
 WEIGHTS_FORMAT = "minimascope-weights-v1"
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
 # torchvision publishes the first 8 hex digits of each file's sha256 in its name.
@@ -41,7 +42,8 @@ def build_model(arch: str, num_classes: int = 10, seed: int | None = None) -> nn
     return model
 
 
-def load_state_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, *, skip: tuple[str, ...] = ()) -> None:
+def load_state_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, *,
+                       skip: tuple[str, ...] = ()) -> None:
     """``load_state_dict`` that names the first mismatch in one line instead of a page of keys."""
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
     given = {k: v for k, v in state.items() if not k.startswith(skip)}
@@ -55,7 +57,8 @@ def load_state_checked(model: nn.Module, state: Mapping[str, torch.Tensor], sour
         problems.append(f"{len(unexpected)} unexpected key(s) (first {unexpected[0]})")
     if wrong_shape:
         key = sorted(wrong_shape)[0]
-        problems.append(f"{len(wrong_shape)} shape mismatch(es) (first {key}: {tuple(given[key].shape)} vs {tuple(own[key].shape)})")
+        problems.append(f"{len(wrong_shape)} shape mismatch(es) "
+                        f"(first {key}: {tuple(given[key].shape)} vs {tuple(own[key].shape)})")
     if problems:
         raise MinimascopeError(f"{source} does not fit this {type(model).__name__}: {'; '.join(problems)}")
     model.load_state_dict(given, strict=not skip)
@@ -91,7 +94,7 @@ def imagenet_state(weights_file: str | Path | None) -> dict[str, torch.Tensor]:
     if not digest.startswith(IMAGENET_SHA256_PREFIX):
         warnings.warn(
             f"weights file {path} has sha256 {digest[:16]}…, not torchvision's published "
-            f"IMAGENET1K_V1 ({IMAGENET_SHA256_PREFIX}…): loading it anyway"
+            f"IMAGENET1K_V1 ({IMAGENET_SHA256_PREFIX}…): loading it anyway", stacklevel=2
         )
     return dict(state)
 

@@ -40,13 +40,12 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from itertools import repeat
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -54,6 +53,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from minimascope.env import physical_memory_bytes
 from minimascope.errors import MinimascopeError
 
 ArrayLike = Tensor | np.ndarray
@@ -841,10 +841,6 @@ def _pair_matrices(measures: Sequence[str], fa: list[_Factor], fb: list[_Factor]
 def _num_classes(model: nn.Module) -> int | None:
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1].out_features if linears else None
-
-
-def physical_memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _check_activation_memory(networks: Sequence[tuple[nn.Module, Tensor, Sequence[str]]], *,

@@ -9,11 +9,7 @@ resuming from it gives bit-identical weights on the CPU to a run that was never 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import hashlib
-import json
 import math
-import platform
 import statistics
 import time
 import warnings
@@ -27,175 +23,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimascope import __version__, data, fast_layers, models, optim, runs
+from minimascope import data, fast_layers, io, models, optim, runs
+from minimascope.config import NOT_HASHED, TrainConfig, milestone_epochs
+from minimascope.env import environment, resolve_device
 from minimascope.errors import MinimascopeError
 
 CHECKPOINT_FORMAT = "minimascope-checkpoint-v1"
-# The study's hyperparameters (chosen by 5-fold validation on the training set).
-PAPER_DEFAULTS = {"sgd": {"lr": 0.01, "epochs": 360}, "adahessian": {"lr": 0.15, "epochs": 160}}
-# Fields that change where or how fast a run goes, not what it computes.
-_NOT_HASHED = ("device", "eval_batch_size")
-METRIC_COLUMNS = (
-    "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
-    "test_accuracy", "epoch_time_s", "iter_time_mean_s", "iter_time_std_s", "eval_time_s",
-)
 
 
-@dataclass
-class TrainConfig:
-    """Every option of ``minimascope train``; the same names are the keys of a YAML config."""
-
-    optimizer: str = "sgd"
-    arch: str = "resnet18"
-    epochs: int | None = None  # None: the study's value for the optimizer
-    batch_size: int = 256
-    lr: float | None = None  # None: the study's value for the optimizer
-    momentum: float = 0.95
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-4
-    hessian_power: float = 1.0
-    update_every: int = 1
-    block_stat: str = "abs_mean"
-    hessian_samples: int = 1
-    coupled_weight_decay: bool = False
-    milestones: tuple[float, ...] = (0.5, 0.75)  # < 1: fractions of the run; else epochs
-    gamma: float = 0.1
-    seed: int = 0
-    pretrained: bool = False
-    weights: str | None = None
-    init_from: str | None = None
-    data: str | None = None
-    train_subset: int | None = None
-    test_subset: int | None = None
-    val_size: int = 0
-    folds: int | None = None
-    fold: int = 0
-    augment: bool = True
-    std_multiplier: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    device: str = "auto"
-    eval_batch_size: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in optim.OPTIMIZERS:
-            raise MinimascopeError(f"optimizer: unknown {self.optimizer!r}; choose one of {', '.join(optim.OPTIMIZERS)}")
-        if self.arch not in models.ARCHITECTURES:
-            raise MinimascopeError(f"arch: unknown {self.arch!r}; choose one of {', '.join(models.ARCHITECTURES)}")
-        defaults = PAPER_DEFAULTS[self.optimizer]
-        self.epochs = defaults["epochs"] if self.epochs is None else self.epochs
-        self.lr = defaults["lr"] if self.lr is None else self.lr
-        self.weights = str(self.weights) if self.weights is not None else None
-        self.init_from = str(self.init_from) if self.init_from is not None else None
-        self.data = str(self.data) if self.data is not None else None
-        self.pretrained = self.pretrained or self.weights is not None
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "update_every": self.update_every,
-                    "hessian_samples": self.hessian_samples, "eval_batch_size": self.eval_batch_size}
-        for name, value in positive.items():
-            if value < 1:
-                raise MinimascopeError(f"{name}: must be at least 1, got {value}")
-        for name in ("train_subset", "test_subset", "folds"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise MinimascopeError(f"{name}: must be at least 1, got {value}")
-        if self.val_size < 0:
-            raise MinimascopeError(f"val_size: must be at least 0, got {self.val_size}")
-        if self.folds is not None and self.val_size:
-            raise MinimascopeError("val_size: give either val_size or folds, not both")
-        if self.folds is not None and not (self.folds >= 2 and 0 <= self.fold < self.folds):
-            raise MinimascopeError(f"fold: must be in 0..{self.folds - 1} with folds >= 2")
-        if self.lr < 0 or self.weight_decay < 0 or self.momentum < 0 or self.gamma <= 0:
-            raise MinimascopeError("lr, weight_decay and momentum must be >= 0 and gamma > 0")
-        if any(m <= 0 for m in self.std_multiplier):
-            raise MinimascopeError(f"std_multiplier: must be positive, got {self.std_multiplier}")
-        if self.pretrained and self.init_from:
-            raise MinimascopeError("init_from: start either from ImageNet weights or from another run, not both")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise MinimascopeError(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
-        milestone_epochs(self.milestones, self.epochs)  # validates
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
-        """Build from YAML/CLI values, converting types and naming any unknown or bad key."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        converted = {}
-        for key, value in values.items():
-            key = str(key).replace("-", "_")
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise MinimascopeError(f"{source}: unknown key {key!r}{hint}")
-            converted[key] = _convert(key, value, known[key].type, source)
-        return cls(**converted)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def hash(self) -> str:
-        hashed = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
-        return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
-
-    @property
-    def normalization(self) -> data.Normalization:
-        return data.Normalization(std_multiplier=tuple(self.std_multiplier))
+def input_normalization(config: TrainConfig) -> data.Normalization:
+    return data.Normalization(std_multiplier=tuple(config.std_multiplier))
 
 
-def _convert(key: str, value: Any, annotation: str, source: str) -> Any:
-    """Convert ``value`` to the field's annotated type (the annotations are strings here)."""
-    def bad(expected: str) -> MinimascopeError:
-        return MinimascopeError(f"{source}: {key} must be {expected}, got {value!r}")
-
-    if value is None:
-        if "None" in annotation:
-            return None
-        raise bad(annotation)
-    base = annotation.replace(" | None", "")
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
-        raise bad("true or false")
-    if base in ("int", "float"):
-        try:
-            number = float(value) if base == "float" else int(value)
-        except (TypeError, ValueError):
-            raise bad(f"a{'n' if base == 'int' else ''} {base}") from None
-        if isinstance(value, bool) or (base == "int" and isinstance(value, float) and value != int(value)):
-            raise bad(f"a{'n' if base == 'int' else ''} {base}")
-        if base == "float" and not math.isfinite(number):
-            raise bad("a finite number")
-        return number
-    if base == "str":
-        if isinstance(value, (str, Path)):
-            return str(value)
-        raise bad("a string")
-    if base.startswith("tuple[float"):
-        items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, (int, float)) else value
-        try:
-            numbers = tuple(float(v) for v in items)
-        except (TypeError, ValueError):
-            raise bad("a list of numbers") from None
-        length = None if "..." in base else base.count("float")
-        if length == 3 and len(numbers) == 1:  # one multiplier for every channel
-            numbers = numbers * 3
-        if length is not None and len(numbers) != length:
-            raise bad(f"{length} numbers")
-        return numbers
-    raise AssertionError(f"no conversion for {annotation}")
+def init_key(config: TrainConfig) -> str | None:
+    """The content key of the weights a run starts from: another run's key, a file's digest, or
+    torchvision's published ImageNet weights; None for a random init."""
+    if config.init_from:
+        source = Path(config.init_from)
+        if source.is_dir():
+            record = runs.read_run_json(source)
+            if record.get("key"):
+                return record["key"]
+            source = source / runs.FINAL_WEIGHTS
+        if not source.is_file():
+            raise MinimascopeError(f"init_from: no run directory or weights file at {config.init_from}")
+        return models.file_sha256(source)
+    if config.pretrained and config.weights:
+        if not Path(config.weights).is_file():
+            raise MinimascopeError(f"weights file not found: {config.weights}")
+        return models.file_sha256(Path(config.weights))
+    return f"torchvision:{models.IMAGENET_WEIGHTS}" if config.pretrained else None
 
 
-def milestone_epochs(milestones: tuple[float, ...], epochs: int) -> list[int]:
-    """MultiStepLR milestones in epochs: values below 1 are fractions of the run."""
-    result = [round(m * epochs) if m < 1 else int(m) for m in milestones]
-    if any(m <= 0 for m in milestones) or any(not float(m).is_integer() for m in milestones if m >= 1):
-        raise MinimascopeError(f"milestones: expected fractions in (0, 1) or whole epochs, got {list(milestones)}")
-    if result != sorted(result):
-        raise MinimascopeError(f"milestones: must increase, got {list(milestones)}")
-    return result
-
-
-# ----------------------------------------------------------------------------- the run
+def run_key(config: TrainConfig) -> str:
+    """The run's identity by content (see :meth:`TrainConfig.key`)."""
+    return config.key(data.content_key(config.data), init_key(config))
 
 
 class TrainProgress(Protocol):
@@ -204,14 +66,6 @@ class TrainProgress(Protocol):
     def start(self, first_epoch: int, epochs: int, steps_per_epoch: int) -> None: ...
     def step(self, loss: float) -> None: ...
     def epoch(self, row: dict[str, float | None]) -> None: ...
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MinimascopeError(f"device {name} asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 @dataclass
@@ -265,33 +119,6 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return loss_sum.item() / len(labels), correct.item() / len(labels)
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    import numpy
-    import torchvision
-
-    info: dict[str, Any] = {
-        "versions": {"minimascope": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "numpy": numpy.__version__},
-        "device": {"type": device.type, "threads": torch.get_num_threads(), "machine": platform.machine(),
-                   "processor": cpu_name()},
-    }
-    if device.type == "cuda":
-        info["device"]["name"] = torch.cuda.get_device_name(device)
-        info["versions"]["cuda"] = torch.version.cuda
-    return info
-
-
-def cpu_name() -> str:
-    """The processor's model name, for run records and benchmark tables."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -299,8 +126,8 @@ def _now() -> str:
 class _Run:
     """The state of one run while it trains; written to and read from its directory."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, device: torch.device) -> None:
-        self.config, self.run_dir, self.device = config, run_dir, device
+    def __init__(self, config: TrainConfig, key: str, run_dir: Path, device: torch.device) -> None:
+        self.config, self.key, self.run_dir, self.device = config, key, run_dir, device
         self.splits = make_splits(config, device)
         self.model = models.build_model(config.arch, len(data.CLASSES), seed=config.seed)
         if config.pretrained:
@@ -323,12 +150,12 @@ class _Run:
 
     def weights(self) -> dict:
         return models.weights_payload(self.model, self.config.arch, len(data.CLASSES),
-                                      dataclasses.asdict(self.config.normalization))
+                                      dataclasses.asdict(input_normalization(self.config)))
 
     def save_checkpoint(self) -> None:
-        runs.atomic_torch_save(self.run_dir / runs.CHECKPOINT, {
+        io.atomic_torch_save(self.run_dir / runs.CHECKPOINT, {
             "format": CHECKPOINT_FORMAT,
-            "config_hash": self.config.hash(),
+            "key": self.key,
             "epoch": self.epoch,
             "weights": self.weights(),
             "optimizer": self.optimizer.state_dict(),
@@ -339,10 +166,10 @@ class _Run:
         })
 
     def load_checkpoint(self) -> None:
-        state = runs.load_torch_file(self.run_dir / runs.CHECKPOINT)
+        state = io.load_torch_file(self.run_dir / runs.CHECKPOINT)
         if not isinstance(state, Mapping) or state.get("format") != CHECKPOINT_FORMAT:
             raise MinimascopeError(f"{self.run_dir / runs.CHECKPOINT} is not a minimascope checkpoint")
-        if state["config_hash"] != self.config.hash():
+        if state.get("key") != self.key:
             raise MinimascopeError(f"{self.run_dir / runs.CHECKPOINT} belongs to another config")
         models.load_state_checked(self.model, state["weights"]["state_dict"], str(self.run_dir / runs.CHECKPOINT))
         self.optimizer.load_state_dict(state["optimizer"])
@@ -355,12 +182,13 @@ class _Run:
 
     def write_record(self, **fields: Any) -> None:
         self.record.update(fields)
-        runs.atomic_write_json(self.run_dir / runs.RUN_JSON, self.record)
+        io.atomic_write_json(self.run_dir / runs.RUN_JSON, self.record)
 
     def write_metrics(self) -> None:
-        lines = [",".join(METRIC_COLUMNS)]
-        lines += [",".join("" if row.get(c) is None else repr(row[c]) for c in METRIC_COLUMNS) for row in self.history]
-        runs.atomic_write_text(self.run_dir / runs.METRICS_CSV, "\n".join(lines) + "\n")
+        columns = runs.METRIC_COLUMNS
+        lines = [",".join(columns)]
+        lines += [",".join("" if row.get(c) is None else repr(row[c]) for c in columns) for row in self.history]
+        io.atomic_write_text(self.run_dir / runs.METRICS_CSV, "\n".join(lines) + "\n")
 
 
 class Diverged(Exception):
@@ -374,7 +202,7 @@ def _train_epoch(run: _Run, progress: TrainProgress | None) -> dict[str, float]:
     images, labels = run.splits.train
     model.train()
     loss_sum, correct, step_times = 0.0, torch.zeros((), dtype=torch.int64, device=run.device), []
-    for batch, target in data.iterate_batches(images, labels, config.batch_size, config.normalization,
+    for batch, target in data.iterate_batches(images, labels, config.batch_size, input_normalization(config),
                                               generator=run.generator, augment=config.augment):
         started = time.perf_counter()
         create_graph = optim.needs_create_graph(optimizer)
@@ -411,14 +239,17 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     one (completed or diverged) is returned as it is.
     """
     run_dir = Path(run_dir)
+    key = run_key(config)
     if (run_dir / runs.RUN_JSON).is_file():
         record = runs.read_run_json(run_dir)
         if not resume:
-            raise MinimascopeError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-        if record.get("config_hash") != config.hash():
+            raise MinimascopeError(f"{run_dir} already holds a run; pass --resume to continue it "
+                                   f"or choose another --out")
+        if record.get("key") != key:
             stored = record.get("config", {})
-            differ = [k for k, v in config.to_dict().items() if k not in _NOT_HASHED and stored.get(k) != v]
-            raise MinimascopeError(f"{run_dir} holds a run with another config (differs in: {', '.join(differ) or 'hash'})")
+            differ = [k for k, v in config.to_dict().items() if k not in NOT_HASHED and stored.get(k) != v]
+            raise MinimascopeError(f"{run_dir} holds a run with another config (differs in: "
+                                   f"{', '.join(differ) or 'the content of data or initial weights'})")
         if record.get("status") in ("completed", "diverged"):
             return record
     elif run_dir.exists() and any(run_dir.iterdir()):
@@ -426,10 +257,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # nothing should draw from it, but a custom layer might
-    run = _Run(config, run_dir, device)
+    run = _Run(config, key, run_dir, device)
     if resume and (run_dir / runs.CHECKPOINT).is_file():
         run.load_checkpoint()
-    run.record = {"status": "running", "config": config.to_dict(), "config_hash": config.hash(),
+    run.record = {"format": runs.RUN_FORMAT, "status": "running", "config": config.to_dict(), "key": key,
                   **environment(device), "started": _now(), "epochs_completed": run.epoch}
     run.write_record()
 
@@ -456,7 +287,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
                 evaluated = time.perf_counter()
                 split_metrics = {"val": run.splits.val, "test": run.splits.test}
                 for name, split in split_metrics.items():
-                    loss, accuracy = (evaluate(run.model, *split, config.normalization, config.eval_batch_size)
+                    loss, accuracy = (evaluate(run.model, *split, input_normalization(config), config.eval_batch_size)
                                       if split is not None else (None, None))
                     row[f"{name}_loss"], row[f"{name}_accuracy"] = loss, accuracy
                 row["eval_time_s"] = time.perf_counter() - evaluated
@@ -479,13 +310,12 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         raise
     finally:
         writer.close()
-    runs.atomic_torch_save(run_dir / runs.FINAL_WEIGHTS, run.weights())
+    io.atomic_torch_save(run_dir / runs.FINAL_WEIGHTS, run.weights())
     epoch_times = [row["epoch_time_s"] for row in run.history]
     last = run.history[-1]
     run.write_record(
         status="completed", finished=_now(),
-        final={k: last[k] for k in ("test_accuracy", "test_loss", "train_accuracy", "train_loss",
-                                    "val_accuracy", "val_loss")},
+        final={k: last[k] for k in runs.FINAL_METRICS},
         time_per_epoch_s={"mean": statistics.fmean(epoch_times),
                           "std": statistics.stdev(epoch_times) if len(epoch_times) > 1 else 0.0},
     )

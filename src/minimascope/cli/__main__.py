@@ -1,0 +1,5 @@
+"""``python -m minimascope.cli``."""
+
+from minimascope.cli import main
+
+main()

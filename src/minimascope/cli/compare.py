@@ -1,0 +1,67 @@
+"""``minimascope compare``: two networks, layer by layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from minimascope.cli._app import app, console, one_line_errors, split_names
+
+
+class RichStageProgress:
+    """Adapts ``similarity``'s ``progress(stage, done, total)`` calls to one Rich bar per stage."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+    def __enter__(self) -> RichStageProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+
+@app.command("compare")
+@one_line_errors
+def compare_command(
+    run_a: Path = typer.Argument(..., help="run directory or weights/checkpoint file of network A"),
+    run_b: Path = typer.Argument(..., help="run directory or weights/checkpoint file of network B (may be A)"),
+    measures: str = typer.Option("cka,svcca,procrustes",
+                                 help="comma-separated: cka, cka_minibatch, svcca, mean_cca, procrustes"),
+    samples: int = typer.Option(10_000, help="test images compared (a class-balanced subset when fewer than 10,000)"),
+    layers: Optional[str] = typer.Option(
+        None, help="comma-separated module names for both networks (default: every Conv2d and Linear)"),
+    layers_b: Optional[str] = typer.Option(None, help="module names for B when they differ from --layers"),
+    layer_set: str = typer.Option("conv_linear", help="default layers: conv_linear or blocks"),
+    policy: str = typer.Option("flatten", help="conv maps: flatten (N, C*H*W) or spatial_mean (N, C)"),
+    data_source: Optional[str] = typer.Option(None, "--data", help="CIFAR-10 source (env: MINIMASCOPE_DATA)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: comparisons/<A>_vs_<B>)"),
+    device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda[:N]"),
+    batch_size: int = typer.Option(500, help="images per forward pass"),
+) -> None:
+    """Compare every layer of network A with every layer of network B on the CIFAR-10 test set."""
+    from minimascope.analysis.compare import compare_networks
+
+    out_dir = out or Path("comparisons") / f"{run_a.resolve().name}_vs_{run_b.resolve().name}"
+    with RichStageProgress() as progress:
+        matrices = compare_networks(
+            run_a, run_b, out_dir, measures=split_names(measures) or [], samples=samples,
+            layers_a=split_names(layers), layers_b=split_names(layers_b), layer_set=layer_set, policy=policy,
+            data_source=data_source, device=device, batch_size=batch_size, progress=progress)
+    for matrix in matrices:
+        square = matrix.values.shape[0] == matrix.values.shape[1]
+        diagonal = f", mean diagonal {matrix.values.diagonal().mean():.4f}" if square else ""
+        console.print(f"{matrix.measure} ({matrix.kind}): {matrix.values.shape[0]}x{matrix.values.shape[1]} layers, "
+                      f"n={matrix.n_samples}{diagonal}")
+    console.print(f"[green]written[/green] {out_dir}")
