@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_report import ARMS, build_fake_study  # the fake study lives with the tests
-
+from minimascope.env import cpu_name
 from minimascope.report import page
-from minimascope.train import cpu_name
+from test_report import ARMS, build_fake_study  # the fake study lives with the tests
 
 
 def main() -> None:

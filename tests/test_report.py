@@ -17,12 +17,12 @@ from torch import nn
 
 from minimascope import models
 from minimascope.errors import MinimascopeError
+from minimascope.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from minimascope.report import claims, figures, write_report
 from minimascope.report.page import SECTIONS, layer_with_itself, pooled_mean_std
 from minimascope.report.results import read_similarity, read_study
-from minimascope.runs import atomic_torch_save, atomic_write_json, atomic_write_text
+from minimascope.runs import METRIC_COLUMNS, RUN_FORMAT
 from minimascope.similarity import MEASURES, SimilarityMatrix
-from minimascope.train import METRIC_COLUMNS
 
 # ---------------------------------------------------------------- a fake study directory
 
@@ -145,7 +145,7 @@ def build_fake_study(root: Path, *, seeds: tuple[int, ...] = (0, 1), epochs: int
                 final = {"test_accuracy": float(last[7]), "test_loss": float(last[6]), "train_loss": float(last[2]),
                          "train_accuracy": float(last[3]), "val_accuracy": None, "val_loss": None}
                 std = float(np.std(times, ddof=1)) if len(times) > 1 else 0.0
-                record = {"status": status, "config": {**config, "seed": seed}, "final": final,
+                record = {"format": RUN_FORMAT, "status": status, "config": {**config, "seed": seed}, "final": final,
                           "time_per_epoch_s": {"mean": float(np.mean(times)), "std": std}}
                 if status == "completed":
                     node["final"] = final

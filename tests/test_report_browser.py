@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
-from test_report import fake_study, report_page  # noqa: F401  (session fixtures shared with test_report.py)
 
 from minimascope.report import write_report
 from minimascope.report.page import SECTIONS
+from test_report import fake_study, report_page  # noqa: F401  (session fixtures shared with test_report.py)
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

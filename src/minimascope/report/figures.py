@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
-from minimascope.runs import atomic_write_bytes
+from minimascope.io import atomic_write_bytes
 
 DPI = 100
 # Brighter = more alike for both kinds, so similarity and distance maps read the same way.

@@ -1,7 +1,8 @@
 """The report page: ``STUDY_DIR/report/index.html`` with its figures and CSV beside it.
 
 Each section is one context function here (``Context`` → dict for its template) and one template,
-``templates/sections/<id>.html.j2``; :data:`SECTIONS` lists them in page order. The frame
+``templates/section-<id>.html.j2`` (one flat folder: the package data is ``report/templates/*``);
+:data:`SECTIONS` lists them in page order. The frame
 (``templates/report.html.j2``) numbers the sections, prints what data each used
 (``data_used``) and what it could not show (``missing``). To add a section: write its function,
 its template, and one :class:`Section` line.
@@ -31,10 +32,10 @@ from matplotlib.colors import to_hex
 
 from minimascope import __version__
 from minimascope.errors import MinimascopeError
+from minimascope.io import atomic_write_text
 from minimascope.models import read_weights
 from minimascope.report import claims, figures
 from minimascope.report.results import Comparison, RunResult, Study, read_study
-from minimascope.runs import atomic_write_text
 from minimascope.similarity import MEASURES, SimilarityMatrix
 
 REPORT_DIR = "report"

@@ -8,8 +8,8 @@ becomes a line in :attr:`Study.missing` with the reason, and the report shows wh
 from __future__ import annotations
 
 import csv
-import json
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from minimascope.errors import MinimascopeError
-from minimascope.runs import FINAL_WEIGHTS, METRICS_CSV, RUN_JSON
+from minimascope.io import read_json
+from minimascope.runs import FINAL_WEIGHTS, RUN_JSON, read_metrics, read_run_json
 from minimascope.similarity import SimilarityMatrix
 
 STUDY_FORMAT = "minimascope-study-v1"
@@ -129,26 +130,16 @@ class Study:
                                   if c.status == "completed" and c.matrices))
 
 
-def _read_json(path: Path, missing: list[str], root: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        missing.append(f"{_relative(path, root)}: not found")
-        return None
-    except (OSError, json.JSONDecodeError) as exc:
-        missing.append(f"{_relative(path, root)}: unreadable ({exc})")
-        return None
-    if not isinstance(record, dict):
-        missing.append(f"{_relative(path, root)}: not a JSON object")
-        return None
-    return record
-
-
 def _relative(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
+
+
+def _missing(exc: MinimascopeError, root: Path) -> str:
+    """A reader's one-line message, with paths relative to the study (the report may move)."""
+    return str(exc).replace(f"{root}{os.sep}", "")
 
 
 def _number(text: str | None) -> float | None:
@@ -172,16 +163,9 @@ def read_summary(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
     return table
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """metrics.csv rows with every cell a float (blank → NaN, so curves simply leave a gap)."""
-    with path.open(newline="") as f:
-        return [{k: (math.nan if (v := _number(text)) is None else v) for k, text in row.items()}
-                for row in csv.DictReader(f)]
-
-
 def read_similarity(path: Path) -> SimilarityMatrix:
     """A compare ``<measure>.json`` (``SimilarityMatrix.to_dict()``) back as a SimilarityMatrix."""
-    record = json.loads(Path(path).read_text())
+    record = read_json(path, "similarity matrix")
     try:
         values = np.asarray(record["values"], dtype=float)
         bound = record.get("error_bound")
@@ -210,16 +194,20 @@ def _run_result(node: dict[str, Any], root: Path, summary: dict[tuple[str, int],
     if summary is not None and (arm, seed) in summary:
         run.values = summary[(arm, seed)]
     else:  # summary.csv missing or behind: the run's own record has the same numbers
-        record = _read_json(run.path / RUN_JSON, missing, root) or {}
+        try:
+            record = read_run_json(run.path)
+        except MinimascopeError as exc:
+            missing.append(_missing(exc, root))
+            record = {}
         final, per_epoch = record.get("final") or node.get("final") or {}, record.get("time_per_epoch_s") or {}
         run.values = {**{k: _float(v) for k, v in final.items()}, "epoch_time_mean_s": _float(per_epoch.get("mean")),
                       "epoch_time_std_s": _float(per_epoch.get("std"))}
         if summary is not None:
             missing.append(f"{SUMMARY_CSV}: no row for {arm} seed {seed} (numbers taken from its {RUN_JSON})")
-    try:
-        run.metrics = read_metrics(run.path / METRICS_CSV)
-    except OSError as exc:
-        missing.append(f"{_relative(run.path / METRICS_CSV, root)}: {type(exc).__name__}")
+    try:  # blank cells as NaN, so a curve simply has a gap there
+        run.metrics = [{k: math.nan if v is None else v for k, v in row.items()} for row in read_metrics(run.path)]
+    except MinimascopeError as exc:
+        missing.append(_missing(exc, root))
     if run.metrics and run.value("step_time_mean_s") is None:
         steps = [row["iter_time_mean_s"] for row in run.metrics if math.isfinite(row.get("iter_time_mean_s", math.nan))]
         if steps:
@@ -243,12 +231,13 @@ def _comparison(node: dict[str, Any], root: Path, measures: Iterable[str], missi
         return comparison
     for measure in measures or sorted(p.stem for p in comparison.path.glob("*.json")):
         path = comparison.path / f"{measure}.json"
+        if not path.is_file():
+            missing.append(f"{_relative(path, root)}: not found")
+            continue
         try:
             comparison.matrices[measure] = read_similarity(path)
-        except FileNotFoundError:
-            missing.append(f"{_relative(path, root)}: not found")
-        except (OSError, json.JSONDecodeError, MinimascopeError) as exc:
-            missing.append(f"{_relative(path, root)}: unreadable ({exc})")
+        except MinimascopeError as exc:
+            missing.append(_missing(exc, root))
     return comparison
 
 
@@ -258,10 +247,7 @@ def read_study(study_dir: str | Path) -> Study:
     path = root / STUDY_JSON
     if not path.is_file():
         raise MinimascopeError(f"not a study directory (no {STUDY_JSON}): {root}")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MinimascopeError(f"broken {path}: {exc}") from None
+    record = read_json(path, STUDY_JSON)
     if not isinstance(record, dict) or record.get("format") != STUDY_FORMAT:
         raise MinimascopeError(f"{path} is not a {STUDY_FORMAT} file")
     missing: list[str] = []
