@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from minimascope.analysis.weights import read_result_json
 from minimascope.data import CLASSES
 from minimascope.errors import MinimascopeError
-from minimascope.runs import atomic_write_bytes, atomic_write_json, atomic_write_text
+from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 MISTAKES_FORMAT = "minimascope-mistakes-v1"
 MISTAKES_JSON = "mistakes.json"

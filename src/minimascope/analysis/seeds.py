@@ -34,7 +34,7 @@ import numpy as np
 
 from minimascope.analysis.weights import read_result_json
 from minimascope.errors import MinimascopeError
-from minimascope.runs import atomic_write_json, atomic_write_text
+from minimascope.io import atomic_write_json, atomic_write_text
 from minimascope.similarity import MEASURES, SimilarityMatrix
 
 SEEDS_FORMAT = "minimascope-seeds-v1"

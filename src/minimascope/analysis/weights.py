@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from minimascope.errors import MinimascopeError
-from minimascope.runs import atomic_write_bytes, atomic_write_json, atomic_write_text
+from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 WEIGHTS_FORMAT = "minimascope-weights-v1"
 WEIGHTS_JSON = "weights.json"
