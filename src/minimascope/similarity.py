@@ -283,8 +283,8 @@ def _layer_factor(name: str, xc: Tensor, keep: float, seed: int) -> _Factor:
         return _factor(xc, keep, seed)
     except torch.linalg.LinAlgError as exc:
         reason = " ".join(str(exc).split()[:12])
-        raise MinimascopeError(f"eigen-decomposition of layer {name!r} failed ({reason}); its activations may "
-                               f"hold inf or nan: try --policy spatial_mean or other --layers") from None
+        raise MinimascopeError(f"eigen-decomposition of layer {name!r} failed ({reason}): its activations are too "
+                               f"ill-conditioned; try --policy spatial_mean or other --layers") from None
 
 
 def _cca_value(c: Tensor) -> float:

@@ -14,7 +14,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -22,6 +21,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.core import TyperGroup
 
 from minimascope.errors import MinimascopeError
+
+try:  # Typer >= 0.2x carries its own copy of Click: its exceptions are the ones raised
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # older Typer runs on Click itself
+    from click import exceptions as click_exceptions
+_Abort = getattr(click_exceptions, "Abort", typer.Abort)
 
 USAGE_ERROR = 2  # bad input of any kind, as Click uses for usage errors
 DIVERGED = 3  # `train`: the run diverged (a loss stopped being finite)
@@ -44,19 +49,19 @@ class OneLineErrorGroup(TyperGroup):
         try:
             result = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                                   **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:
+        except click_exceptions.NoArgsIsHelpError as exc:
             if not standalone_mode:
                 raise
             console.print(exc.format_message(), highlight=False, markup=False)
             sys.exit(USAGE_ERROR)
-        except click.ClickException as exc:
+        except click_exceptions.ClickException as exc:
             if not standalone_mode:
                 raise
             context = getattr(exc, "ctx", None)
             hint = f" (see {context.command_path} --help)" if context is not None else ""
             print_error(f"{exc.format_message()}{hint}")
-            sys.exit(USAGE_ERROR if isinstance(exc, click.UsageError) else exc.exit_code)
-        except click.Abort:
+            sys.exit(USAGE_ERROR if isinstance(exc, click_exceptions.UsageError) else exc.exit_code)
+        except _Abort:
             if not standalone_mode:
                 raise
             print_error("aborted")
