@@ -72,5 +72,5 @@ def test_compare_bad_input_is_one_line(two_networks, cifar_source: str, tmp_path
     assert_one_line_error(compare(str(a), str(b), "--samples", "20000", *common), "exceeds the")
     hundred = weights_file(tmp_path / "c100.pt", seed=2, num_classes=100)
     assert_one_line_error(compare(str(a), str(hundred), "--samples", "50", *common), "output classes")
-    assert_one_line_error(compare(str(a), str(tmp_path / "missing.pt"), *common), "not found")
+    assert_one_line_error(compare(str(a), str(tmp_path / "missing.pt"), *common), "no run directory or weights file at")
     assert not (tmp_path / "o").exists()

@@ -82,5 +82,5 @@ def test_weights_round_trip(tmp_path: Path) -> None:
     assert payload["normalization"] == {"std_multiplier": [1, 1, 1]}
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(loaded.eval()(x), model.eval()(x))
-    with pytest.raises(MinimascopeError, match="has not completed"):
-        models.load_trained(tmp_path)  # a folder without a completed run.json
+    with pytest.raises(MinimascopeError, match="not a run directory"):
+        models.load_trained(tmp_path)  # a folder without run.json

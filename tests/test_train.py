@@ -196,3 +196,21 @@ def test_milestones_and_value_conversion() -> None:
     assert config.hash() == TrainConfig.from_mapping(config.to_dict()).hash()
     assert config.hash() == TrainConfig.from_mapping({**config.to_dict(), "device": "cpu"}).hash()
     assert config.hash() != TrainConfig.from_mapping({**config.to_dict(), "seed": 1}).hash()
+
+
+def test_cold_and_warm_cache_give_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source decoded just now and the same source read back from the cache train identically
+    (decoded images once had a channels-last layout, which ran other conv kernels)."""
+    from conftest import make_image_tree
+
+    make_image_tree(tmp_path / "tree", train_per_class=10, test_per_class=5)
+    monkeypatch.setenv("MINIMASCOPE_CACHE", str(tmp_path / "cache"))
+    # Without augmentation: its crop gathers into a fresh contiguous batch, hiding the layout in training.
+    config = small_config(str(tmp_path / "tree"), epochs=1, train_subset=None, test_subset=None, augment=False)
+    cold = train(config, tmp_path / "cold")
+    assert list((tmp_path / "cache").glob("cifar10-*.npz"))
+    warm = train(config, tmp_path / "warm")
+    assert cold["final"] == warm["final"]
+    cold_weights = io.load_torch_file(tmp_path / "cold" / "final.pt")["state_dict"]
+    warm_weights = io.load_torch_file(tmp_path / "warm" / "final.pt")["state_dict"]
+    assert all(torch.equal(cold_weights[k], warm_weights[k]) for k in cold_weights)

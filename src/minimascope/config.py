@@ -20,6 +20,7 @@ from minimascope.errors import MinimascopeError
 
 OPTIMIZERS = ("sgd", "adahessian")
 ARCHITECTURES = ("resnet18", "resnet18-cifar")
+BLOCK_STATS = ("abs_mean", "signed_mean")  # as optim.BLOCK_STATS, which imports torch
 # The study's hyperparameters (chosen by 5-fold validation on the training set).
 PAPER_DEFAULTS = {"sgd": {"lr": 0.01, "epochs": 360}, "adahessian": {"lr": 0.15, "epochs": 160}}
 # Fields that change where or how fast a run goes, not what it computes.
@@ -104,8 +105,18 @@ class TrainConfig:
             raise MinimascopeError("val_size: give either val_size or folds, not both")
         if self.folds is not None and not (self.folds >= 2 and 0 <= self.fold < self.folds):
             raise MinimascopeError(f"fold: must be in 0..{self.folds - 1} with folds >= 2")
-        if self.lr < 0 or self.weight_decay < 0 or self.momentum < 0 or self.gamma <= 0:
-            raise MinimascopeError("lr, weight_decay and momentum must be >= 0 and gamma > 0")
+        for name in ("lr", "weight_decay", "momentum", "eps"):
+            if not getattr(self, name) >= 0:
+                raise MinimascopeError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not self.gamma > 0:
+            raise MinimascopeError(f"gamma: must be > 0, got {self.gamma}")
+        # AdaHessian's own checks, here so that they fail before any data are loaded.
+        if not 0 < self.hessian_power <= 1:
+            raise MinimascopeError(f"hessian_power: must be in (0, 1], got {self.hessian_power}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise MinimascopeError(f"betas: must be two numbers in [0, 1), got {','.join(map(str, self.betas))}")
+        if self.block_stat not in BLOCK_STATS:
+            raise MinimascopeError(f"block_stat: unknown {self.block_stat!r}; choose one of {', '.join(BLOCK_STATS)}")
         if any(m <= 0 for m in self.std_multiplier):
             raise MinimascopeError(f"std_multiplier: must be positive, got {self.std_multiplier}")
         if self.pretrained and self.init_from:

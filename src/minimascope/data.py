@@ -13,9 +13,12 @@ import hashlib
 import io
 import os
 import pickle
+import re
+import shutil
 import tarfile
+import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -24,7 +27,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_bytes
+from minimascope.io import WriteError, atomic_write_bytes, make_folder, temporary_name_pattern
 
 CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -38,7 +41,12 @@ TORCHVISION = "torchvision"
 _CACHE_FORMAT = "v1"  # bump when the cached array layout changes
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 _BATCHES_FOLDER = "cifar-10-batches-py"
+_CACHE_GLOB = "cifar10-*.npz"
 _HELP = "point --data or MINIMASCOPE_DATA at a CIFAR-10 image-folder tree, its .tar.gz, or cifar-10-batches-py"
+
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``, called as a slow step advances (decoding a source)."""
 
 
 @dataclass(frozen=True)
@@ -79,25 +87,106 @@ def content_key(source: str | os.PathLike | None = None) -> str:
     return TORCHVISION if source == TORCHVISION else _source_key(_source_path(source))
 
 
-def load_cifar10(source: str | os.PathLike | None = None) -> Cifar10:
-    """Load CIFAR-10 from a source (see module doc), decoding it only the first time."""
+def load_cifar10(source: str | os.PathLike | None = None, *, progress: Progress | None = None) -> Cifar10:
+    """Load CIFAR-10 from a source (see module doc), decoding it only the first time.
+
+    A damaged cache file is rebuilt from the source with a warning, never trusted; a cache folder
+    that cannot be written is one line naming it, before any decoding.
+    """
     source = resolve_source(source)
-    path = _download_with_torchvision(cache_root() / "torchvision") if source == TORCHVISION else _source_path(source)
-    cache_file = cache_root() / f"cifar10-{_source_key(path)}.npz"
+    root = _writable_cache_root()
+    path = _download_with_torchvision(root / "torchvision") if source == TORCHVISION else _source_path(source)
+    cache_file = root / f"cifar10-{_source_key(path)}.npz"
     if cache_file.is_file():
         try:
-            return _from_arrays(np.load(cache_file))
-        except (OSError, ValueError, KeyError, zlib.error):
-            pass  # a damaged cache is rebuilt, never trusted
-    arrays = _decode(path)
+            with np.load(cache_file, allow_pickle=False) as cached:
+                return _from_arrays(cached)
+        except Exception as exc:  # zip, zlib, OS and shape errors alike: the file is not what we wrote
+            warnings.warn(f"CIFAR-10 cache {cache_file} is damaged ({_one_line(exc)}); rebuilding it from {path}",
+                          stacklevel=2)
+    arrays = _decode(path, progress)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(cache_file, buffer.getvalue())
+    np.savez(buffer, source=np.asarray(source if source == TORCHVISION else str(path.resolve())), **arrays)
+    try:
+        atomic_write_bytes(cache_file, buffer.getvalue())
+    except WriteError as exc:
+        raise WriteError(f"{exc}; set MINIMASCOPE_CACHE to a writable folder with 200 MB free", exc.path) from None
     return _from_arrays(arrays)
 
 
+def _writable_cache_root() -> Path:
+    root = cache_root()
+    try:
+        make_folder(root)
+    except WriteError as exc:
+        raise WriteError(f"CIFAR-10 cache: {exc}; set MINIMASCOPE_CACHE to a writable folder", root) from None
+    if not os.access(root, os.W_OK):
+        raise WriteError(f"CIFAR-10 cache folder {root} is not writable (read-only filesystem or permissions); "
+                         f"set MINIMASCOPE_CACHE to a writable folder", root)
+    return root
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def _from_arrays(arrays) -> Cifar10:
-    return Cifar10(**{name: torch.from_numpy(np.asarray(arrays[name])) for name in Cifar10.__dataclass_fields__})
+    tensors = {name: torch.from_numpy(np.asarray(arrays[name])) for name in Cifar10.__dataclass_fields__}
+    for split in ("train", "test"):
+        images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != IMAGE_SHAPE or len(images) != len(labels):
+            raise ValueError(f"{split} arrays of shape {tuple(images.shape)} and {tuple(labels.shape)}")
+    return Cifar10(**tensors)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One thing under the cache folder: a decoded source, a download, or a killed write's leftover."""
+
+    path: Path
+    size_bytes: int
+    source: str
+
+
+def list_caches() -> list[CacheEntry]:
+    """What ``cache_root()`` holds: decoded sources (with the source each was decoded from),
+    torchvision's download, and temporaries a killed decode left behind."""
+    root = cache_root()
+    if not root.is_dir():
+        return []
+    entries = []
+    for file in sorted(root.glob(_CACHE_GLOB)):
+        entries.append(CacheEntry(file, file.stat().st_size, _cached_source(file)))
+    for file in sorted(root.glob(temporary_name_pattern(_CACHE_GLOB))):
+        entries.append(CacheEntry(file, file.stat().st_size, "left by an interrupted decode"))
+    download = root / "torchvision"
+    if download.is_dir():
+        size = sum(f.stat().st_size for f in download.rglob("*") if f.is_file())
+        entries.append(CacheEntry(download, size, "torchvision's CIFAR-10 download"))
+    return entries
+
+
+def _cached_source(file: Path) -> str:
+    try:
+        with np.load(file, allow_pickle=False) as cached:
+            return str(cached["source"]) if "source" in cached.files else "unknown (an older cache)"
+    except Exception as exc:
+        return f"damaged ({_one_line(exc)}): rebuilt when next used"
+
+
+def clear_caches() -> list[CacheEntry]:
+    """Remove everything :func:`list_caches` lists; returns what was removed."""
+    entries = list_caches()
+    for entry in entries:
+        try:
+            if entry.path.is_dir():
+                shutil.rmtree(entry.path)
+            else:
+                entry.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot remove {entry.path}: {exc.strerror}", entry.path) from None
+    return entries
 
 
 def _download_with_torchvision(root: Path) -> Path:
@@ -115,30 +204,53 @@ def _download_with_torchvision(root: Path) -> Path:
 def _source_key(path: Path) -> str:
     """A digest of the source's content (files: bytes; folders: names, sizes and mtimes)."""
     digest = hashlib.sha256(_CACHE_FORMAT.encode())
-    if path.is_file():
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    else:
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            stat = file.stat()
-            digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    try:
+        if path.is_file():
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                stat = file.stat()
+                digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    except OSError as exc:
+        raise MinimascopeError(f"cannot read CIFAR-10 source {path}: {exc.strerror}") from None
     return digest.hexdigest()[:20]
 
 
-def _decode(path: Path) -> dict[str, np.ndarray]:
+def _decode(path: Path, progress: Progress | None = None) -> dict[str, np.ndarray]:
     if path.is_file():
-        return _decode_archive(path)
+        return _decode_archive(path, progress)
     batches = path if (path / "test_batch").is_file() else path / _BATCHES_FOLDER
     if (batches / "test_batch").is_file():
         return _decode_pickled_batches(batches)
     return _decode_image_files(
-        (str(p.relative_to(path)), p.read_bytes) for p in path.rglob("*") if p.is_file()
+        ((str(p.relative_to(path)), p.read_bytes) for p in path.rglob("*") if p.is_file()), progress
     )
 
 
+# What the published batches hold besides dicts, lists, bytes and ints: numpy arrays, pickled by
+# protocol 2 (py2 or py3: bytes via _codecs.encode) or by protocol 5 (_frombuffer).
+_PICKLE_ALLOWED = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only the types a CIFAR-10 batch holds: a crafted file cannot name a function to
+    call (``os.system``, ``builtins.exec``, ...), so reading a batch never runs code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
+
+
 def _decode_pickled_batches(folder: Path) -> dict[str, np.ndarray]:
-    """torchvision's official ``cifar-10-batches-py`` (a pickle format, as published)."""
+    """torchvision's official ``cifar-10-batches-py`` (a pickle format, as published), read with an
+    allow-list of types (:class:`_BatchUnpickler`)."""
 
     def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         images, labels = [], []
@@ -148,11 +260,13 @@ def _decode_pickled_batches(folder: Path) -> dict[str, np.ndarray]:
                 raise MinimascopeError(f"{folder} lacks {name}; {_HELP}")
             try:
                 with file.open("rb") as f:
-                    entry = pickle.load(f, encoding="bytes")
+                    entry = _BatchUnpickler(f, encoding="bytes").load()
+                if not isinstance(entry, dict) or b"data" not in entry or b"labels" not in entry:
+                    raise ValueError("no data and labels entries")
                 images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, *IMAGE_SHAPE))
                 labels.append(np.asarray(entry[b"labels"], dtype=np.int64))
             except Exception as exc:
-                raise MinimascopeError(f"cannot read CIFAR-10 batch {file}: {type(exc).__name__}") from None
+                raise MinimascopeError(f"cannot read CIFAR-10 batch {file}: {_one_line(exc)}") from None
         return np.concatenate(images), np.concatenate(labels)
 
     train_x, train_y = read([f"data_batch_{i}" for i in range(1, 6)])
@@ -160,21 +274,32 @@ def _decode_pickled_batches(folder: Path) -> dict[str, np.ndarray]:
     return {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
 
 
-def _decode_archive(path: Path) -> dict[str, np.ndarray]:
+def _decode_archive(path: Path, progress: Progress | None = None) -> dict[str, np.ndarray]:
     def members() -> Iterator[tuple[str, object]]:
-        with tarfile.open(path, mode="r:*") as archive:
+        with path.open("rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as archive:
+            size, count = path.stat().st_size, 0
             for member in archive:
                 if member.isfile():
                     data = archive.extractfile(member).read()
                     yield member.name, lambda data=data: data
+                    count += 1
+                    if progress and count % 500 == 0:
+                        progress("reading archive", raw.tell(), size)
+            if progress:
+                progress("reading archive", size, size)
 
     try:
-        return _decode_image_files(members())
+        return _decode_image_files(members(), progress)
+    except tarfile.ReadError as exc:
+        # tarfile's r:* explains each compression it tried on its own line: one reason is enough.
+        reason = "not a tar archive (plain, gzip, bzip2 or xz)" if "could not be opened" in str(exc) else exc
+        raise MinimascopeError(f"corrupt or truncated archive {path}: {_one_line(reason)}") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise MinimascopeError(f"corrupt or truncated archive {path}: {exc or type(exc).__name__}") from None
+        raise MinimascopeError(f"corrupt or truncated archive {path}: {_one_line(exc)}") from None
 
 
-def _decode_image_files(files: Iterable[tuple[str, object]]) -> dict[str, np.ndarray]:
+def _decode_image_files(files: Iterable[tuple[str, object]],
+                        progress: Progress | None = None) -> dict[str, np.ndarray]:
     """Decode an image-folder tree ``[prefix/]{train,test}/<class>/<image>`` given as (path, read) pairs."""
     found: dict[tuple[str, str], list[tuple[str, object]]] = {}
     for name, read in files:
@@ -187,6 +312,7 @@ def _decode_image_files(files: Iterable[tuple[str, object]]) -> dict[str, np.nda
     if not found:
         raise MinimascopeError(f"no train/<class>/ or test/<class>/ images found; {_HELP}")
     arrays: dict[str, np.ndarray] = {}
+    total, done, converted = sum(map(len, found.values())), 0, {}
     for split in ("train", "test"):
         names = {label for s, label in found if s == split}
         missing = [c for c in CLASSES if c not in names]
@@ -200,25 +326,41 @@ def _decode_image_files(files: Iterable[tuple[str, object]]) -> dict[str, np.nda
         images, labels = [], []
         for label_index, label in enumerate(CLASSES):
             for name, read in sorted(found[(split, label)], key=lambda item: item[0]):
-                images.append(_decode_image(name, read()))
+                pixels, mode = _decode_image(name, read())
+                if mode != "RGB":
+                    converted[mode] = converted.get(mode, 0) + 1
+                images.append(pixels)
                 labels.append(label_index)
+                done += 1
+                if progress and (done % 500 == 0 or done == total):
+                    progress("decoding images", done, total)
         arrays[f"{split}_images"] = np.stack(images)
         arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)
+    if converted:
+        modes = ", ".join(f"{count} {mode}" for mode, count in sorted(converted.items()))
+        warnings.warn(f"{sum(converted.values())} of {total} images were not RGB ({modes}; L is grayscale) "
+                      f"and were converted to RGB", stacklevel=2)
     return arrays
 
 
-def _decode_image(name: str, data: bytes) -> np.ndarray:
+def _decode_image(name: str, data: bytes) -> tuple[np.ndarray, str]:
+    """An image's pixels as uint8 (3, 32, 32) and the PIL mode it was stored in."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             if image.size != IMAGE_SHAPE[1:]:
                 raise MinimascopeError(f"{name} is {image.size[0]}x{image.size[1]}; CIFAR-10 images are 32x32")
+            mode = image.mode
             pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise MinimascopeError(f"cannot decode image {name}: {exc}") from None
+    except UnidentifiedImageError:
+        raise MinimascopeError(f"cannot decode image {name}: not an image format PIL recognises") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        # PIL names the in-memory buffer it read from; the file's name is the useful part.
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", _one_line(exc))
+        raise MinimascopeError(f"cannot decode image {name}: {reason}") from None
     # Contiguous (C, H, W), as the cache file reads back: a transposed view would give the stacked
     # array a channels-last layout, so a cold and a warm cache would run different conv kernels.
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)), mode
 
 
 # ----------------------------------------------------------------------------- subsets and folds

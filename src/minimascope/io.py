@@ -7,10 +7,14 @@ and YAML with the safe loader.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +24,54 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class WriteError(MinimascopeError):
+    """A result could not be written (read-only folder, full disk): the file it would have
+    replaced is left as it was. ``path`` is the file or folder that could not be written."""
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def make_folder(path: str | Path) -> Path:
+    """``mkdir -p`` whose failure (a regular file in the way, a read-only filesystem) is one line."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"cannot create folder {path}: {_reason(exc)}", path) from None
+    if not path.is_dir():
+        raise WriteError(f"cannot create folder {path}: a file of that name is in the way", path)
+    return path
+
+
+def temporary_name_pattern(name: str) -> str:
+    """The glob of the temporary files an atomic write of ``name`` leaves if it is killed."""
+    return f".{name}.*.tmp"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    make_folder(path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for sharing
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise WriteError(f"cannot write {path}: {_reason(exc)}", path) from None
         raise
 
 
@@ -96,3 +134,50 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise MinimascopeError(f"{path} must hold a mapping of option names to values")
     return values
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def locked(folder: str | Path, what: str) -> Iterator[Path]:
+    """Hold an exclusive OS lock on ``folder`` (created if need be) for the ``with`` block.
+
+    The lock is ``flock`` on ``folder/.lock``, which records the holder's pid and host. The kernel
+    releases it when the process ends however it ends, so a killed process leaves no stale lock;
+    a second process asking for it fails at once with one line naming the holder. ``what`` names
+    the folder in that line ("run directory", "study directory", ...).
+    """
+    folder = make_folder(folder)
+    path = folder / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as exc:
+            raise WriteError(f"cannot lock {what} {folder}: {_reason(exc)}", path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise MinimascopeError(f"{what} {folder} is in use by {holder}; wait for it to finish "
+                                   f"or choose another folder") from None
+        # A holder may have removed the file between our open and our lock: lock the file in place.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_holder(fd: int) -> str:
+    text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    return text or "another process"

@@ -19,7 +19,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from minimascope.config import ARCHITECTURES
 from minimascope.errors import MinimascopeError
 from minimascope.io import load_torch_file
-from minimascope.runs import FINAL_WEIGHTS, is_completed
+from minimascope.runs import FINAL_WEIGHTS, read_run_json
 
 WEIGHTS_FORMAT = "minimascope-weights-v1"
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
@@ -61,7 +61,16 @@ def load_state_checked(model: nn.Module, state: Mapping[str, torch.Tensor], sour
                         f"(first {key}: {tuple(given[key].shape)} vs {tuple(own[key].shape)})")
     if problems:
         raise MinimascopeError(f"{source} does not fit this {type(model).__name__}: {'; '.join(problems)}")
+    check_finite(given, source)
     model.load_state_dict(given, strict=not skip)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding inf or nan (a diverged run's): nothing trained from them means anything."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise MinimascopeError(f"{source} holds non-finite values in {len(bad)} tensor(s) (first {bad[0]}): "
+                               f"weights of a diverged run are not loaded")
 
 
 def file_sha256(path: Path) -> str:
@@ -120,11 +129,16 @@ def weights_payload(model: nn.Module, arch: str, num_classes: int, normalization
 def read_weights(path: str | Path) -> dict:
     """The ``final.pt`` payload of a run directory or a weights/checkpoint file."""
     path = Path(path)
+    if not path.exists():
+        raise MinimascopeError(f"no run directory or weights file at {path}")
     if path.is_dir():
-        if not is_completed(path):
-            raise MinimascopeError(f"run {path} has not completed: it has no final weights yet")
+        status = read_run_json(path).get("status")
+        if status == "diverged":
+            raise MinimascopeError(f"run {path} diverged, no final weights")
+        if status != "completed":
+            raise MinimascopeError(f"run {path} has not completed ({status}): it has no final weights yet")
         path = path / FINAL_WEIGHTS
-    payload = load_torch_file(path)
+    payload = load_torch_file(path, "weights file")
     if isinstance(payload, Mapping) and payload.get("format") == WEIGHTS_FORMAT:
         return dict(payload)
     if isinstance(payload, Mapping) and isinstance(payload.get("weights"), Mapping):  # a checkpoint

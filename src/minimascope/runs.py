@@ -1,10 +1,11 @@
 """The run directory: its paths, the ``run.json`` schema, and reading what a run left behind.
 
 A run directory holds ``run.json`` (format, config, key, versions, device, status, final
-metrics), ``metrics.csv`` (one row per epoch), TensorBoard ``events.*`` files, ``checkpoint.pt``
-(the latest state for resume) and ``final.pt`` (final weights only). Every file is written
-atomically (:mod:`minimascope.io`), and ``run.json`` with ``status: completed`` is the only sign
-that a run is finished.
+metrics), ``metrics.csv`` (one row per epoch), TensorBoard ``events.*`` files, ``initial.pt`` (the
+weights before epoch 1), ``checkpoint.pt`` (the latest state for resume), ``final.pt`` (final
+weights only), ``predictions.pt`` (the final network's test predictions) and ``.lock`` (held by the
+process writing the run). Every file is written atomically (:mod:`minimascope.io`), and
+``run.json`` with ``status: completed`` is the only sign that a run is finished.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ RUN_JSON = "run.json"
 METRICS_CSV = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 FINAL_WEIGHTS = "final.pt"
+INITIAL_WEIGHTS = "initial.pt"  # same payload as final.pt, before epoch 1
+PREDICTIONS = "predictions.pt"
+PREDICTIONS_FORMAT = "minimascope-predictions-v1"
+# Files a run writes atomically, whose killed writes leave temporaries to clean up on resume.
+RUN_FILES = (RUN_JSON, METRICS_CSV, CHECKPOINT, FINAL_WEIGHTS, INITIAL_WEIGHTS, PREDICTIONS)
 METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
     "test_accuracy", "epoch_time_s", "iter_time_mean_s", "iter_time_std_s", "eval_time_s",
@@ -57,3 +63,15 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:
             return [{k: (float(v) if v != "" else None) for k, v in row.items()} for row in csv.DictReader(f)]
     except OSError as exc:
         raise MinimascopeError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def read_predictions(run_dir: str | Path) -> dict[str, Any]:
+    """``predictions.pt`` of a completed run: ``predicted`` and ``labels`` (int64, one per test
+    image the run evaluated) and ``test_index`` (those images' indices in the CIFAR-10 test set)."""
+    from minimascope.io import load_torch_file
+
+    path = Path(run_dir) / PREDICTIONS
+    payload = load_torch_file(path, "predictions file")
+    if not isinstance(payload, dict) or payload.get("format") != PREDICTIONS_FORMAT:
+        raise MinimascopeError(f"{path} is not a minimascope predictions file")
+    return payload

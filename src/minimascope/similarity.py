@@ -276,6 +276,17 @@ def _factor(xc: Tensor, keep: float, seed: int = 0) -> _Factor:
     return _Factor(u, s[:k], total, complete)
 
 
+def _layer_factor(name: str, xc: Tensor, keep: float, seed: int) -> _Factor:
+    """:func:`_factor` of one layer; a failed decomposition (LAPACK gives up on inf/nan or
+    ill-conditioned activations) is one line naming the layer."""
+    try:
+        return _factor(xc, keep, seed)
+    except torch.linalg.LinAlgError as exc:
+        reason = " ".join(str(exc).split()[:12])
+        raise MinimascopeError(f"eigen-decomposition of layer {name!r} failed ({reason}): its activations are too "
+                               f"ill-conditioned; try --policy spatial_mean or other --layers") from None
+
+
 def _cca_value(c: Tensor) -> float:
     """Mean canonical correlation given c = U_xᵀ U_y of orthonormal bases; 0 if a side is empty."""
     if c.numel() == 0:
@@ -760,7 +771,7 @@ def compare_activations(acts_a: Mapping[str, Tensor], acts_b: Mapping[str, Tenso
         keep = max(needs[m] for m in factor_measures)  # each measure then takes its own prefix
         # Widest first, so that the pool's workers finish together.
         order = sorted(range(len(named)), key=lambda i: -named[i][1].shape[1])
-        factors = dict(zip(order, _parallel_map(lambda i: _factor(named[i][1], keep, seed + i), order,
+        factors = dict(zip(order, _parallel_map(lambda i: _layer_factor(*named[i], keep, seed + i), order,
                                                 progress and (lambda done: progress("factors", done, len(order))))))
         short = [name for i, (name, _) in enumerate(named) if not factors[i].complete]
         if short:

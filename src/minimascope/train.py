@@ -4,6 +4,10 @@ The loop asks the optimizer whether the coming step needs ``create_graph=True`` 
 Hessian steps do), so first- and second-order optimizers share it unchanged. After every epoch
 a checkpoint with the model, optimizer, scheduler and every RNG state is written atomically;
 resuming from it gives bit-identical weights on the CPU to a run that was never interrupted.
+
+The run directory is locked (:func:`minimascope.io.locked`) while a process writes it, so two
+processes never mix one run. A loss (train, validation or test) that stops being finite ends the
+run as ``diverged``; only a run whose every loss stayed finite is ``completed``.
 """
 
 from __future__ import annotations
@@ -75,10 +79,11 @@ class Splits:
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor] | None
     test: tuple[torch.Tensor, torch.Tensor]
+    test_index: torch.Tensor | None = None  # indices of the test images into the CIFAR-10 test set
 
 
-def make_splits(config: TrainConfig, device: torch.device) -> Splits:
-    cifar = data.load_cifar10(config.data)
+def make_splits(config: TrainConfig, device: torch.device, *, progress: data.Progress | None = None) -> Splits:
+    cifar = data.load_cifar10(config.data, progress=progress)
     train_index = torch.arange(len(cifar.train_labels))
     if config.train_subset is not None:
         train_index = data.balanced_subset(cifar.train_labels, config.train_subset, config.seed)
@@ -101,22 +106,33 @@ def make_splits(config: TrainConfig, device: torch.device) -> Splits:
         train=on_device(cifar.train_images, cifar.train_labels, train_index),
         val=on_device(cifar.train_images, cifar.train_labels, val_index) if val_index is not None else None,
         test=on_device(cifar.test_images, cifar.test_labels, test_index),
+        test_index=test_index,
     )
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              normalization: data.Normalization, batch_size: int) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over a split, in eval mode."""
+    loss, accuracy, _ = evaluate_with_predictions(model, images, labels, normalization, batch_size)
+    return loss, accuracy
+
+
+@torch.inference_mode()
+def evaluate_with_predictions(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                              normalization: data.Normalization,
+                              batch_size: int) -> tuple[float, float, torch.Tensor]:
+    """(mean cross-entropy, accuracy, predicted classes as int64 on the CPU) over a split, in eval mode."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
-    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    predicted = []
     for batch, target in data.iterate_batches(images, labels, batch_size, normalization):
         with fast_layers.fast_forward(double_backward=False):
             logits = model(batch)
         loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
-        correct += (logits.argmax(1) == target).sum()
-    return loss_sum.item() / len(labels), correct.item() / len(labels)
+        predicted.append(logits.argmax(1))
+    classes = torch.cat(predicted)
+    accuracy = (classes == labels).sum().item() / len(labels)
+    return loss_sum.item() / len(labels), accuracy, classes.to("cpu", torch.int64)
 
 
 def _now() -> str:
@@ -126,9 +142,10 @@ def _now() -> str:
 class _Run:
     """The state of one run while it trains; written to and read from its directory."""
 
-    def __init__(self, config: TrainConfig, key: str, run_dir: Path, device: torch.device) -> None:
+    def __init__(self, config: TrainConfig, key: str, run_dir: Path, device: torch.device,
+                 data_progress: data.Progress | None = None) -> None:
         self.config, self.key, self.run_dir, self.device = config, key, run_dir, device
-        self.splits = make_splits(config, device)
+        self.splits = make_splits(config, device, progress=data_progress)
         self.model = models.build_model(config.arch, len(data.CLASSES), seed=config.seed)
         if config.pretrained:
             models.init_pretrained(self.model, config.arch, config.weights)
@@ -147,6 +164,7 @@ class _Run:
         self.epoch = 0
         self.history: list[dict[str, float | None]] = []
         self.record: dict[str, Any] = {}
+        self.test_predictions: torch.Tensor | None = None  # of the latest evaluation
 
     def weights(self) -> dict:
         return models.weights_payload(self.model, self.config.arch, len(data.CLASSES),
@@ -184,6 +202,17 @@ class _Run:
         self.record.update(fields)
         io.atomic_write_json(self.run_dir / runs.RUN_JSON, self.record)
 
+    def write_predictions(self) -> None:
+        if self.test_predictions is None:  # resumed after the last epoch's checkpoint
+            *_, self.test_predictions = evaluate_with_predictions(
+                self.model, *self.splits.test, input_normalization(self.config), self.config.eval_batch_size)
+        io.atomic_torch_save(self.run_dir / runs.PREDICTIONS, {
+            "format": runs.PREDICTIONS_FORMAT,
+            "predicted": self.test_predictions,
+            "labels": self.splits.test[1].to("cpu", torch.int64),
+            "test_index": self.splits.test_index.to(torch.int64),
+        })
+
     def write_metrics(self) -> None:
         columns = runs.METRIC_COLUMNS
         lines = [",".join(columns)]
@@ -192,7 +221,7 @@ class _Run:
 
 
 class Diverged(Exception):
-    """The loss stopped being finite."""
+    """A loss stopped being finite; the argument names which."""
 
 
 @torch.enable_grad()  # whatever grad mode the caller left on
@@ -212,7 +241,7 @@ def _train_epoch(run: _Run, progress: TrainProgress | None) -> dict[str, float]:
         loss = F.cross_entropy(logits, target)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            raise Diverged
+            raise Diverged("train loss")
         loss.backward(create_graph=create_graph)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # also frees any second-order graph at once
@@ -232,14 +261,48 @@ def _train_epoch(run: _Run, progress: TrainProgress | None) -> dict[str, float]:
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
-          progress: TrainProgress | None = None) -> dict[str, Any]:
+          progress: TrainProgress | None = None, data_progress: data.Progress | None = None) -> dict[str, Any]:
     """Train one run into ``run_dir`` and return its ``run.json`` record.
 
     An existing run directory is only continued with ``resume`` and the same config; a finished
-    one (completed or diverged) is returned as it is.
+    one (completed or diverged) is returned as it is. The directory is locked for the whole call:
+    a second process on it fails at once. ``data_progress`` sees a cold cache being decoded.
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MinimascopeError(f"{run_dir} is a file, not a run directory; choose another --out")
     key = run_key(config)
+    created = not run_dir.exists()
+    with io.locked(run_dir, "run directory"):
+        try:
+            return _train_locked(config, run_dir, key, resume, progress, data_progress)
+        except BaseException:
+            if created and [p.name for p in run_dir.iterdir()] == [io.LOCK_FILE]:
+                (run_dir / io.LOCK_FILE).unlink()  # a run that never started leaves no folder behind
+                run_dir.rmdir()
+            raise
+
+
+def _own_files(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.iterdir() if p.name != io.LOCK_FILE]
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporaries of writes a killed process left (the lock says no one else writes here)."""
+    for name in runs.RUN_FILES:
+        for stale in run_dir.glob(io.temporary_name_pattern(name)):
+            stale.unlink(missing_ok=True)
+
+
+def _warn_colliding_milestones(config: TrainConfig) -> None:
+    epochs = milestone_epochs(config.milestones, config.epochs)
+    if len(set(epochs)) < len(epochs):
+        warnings.warn(f"milestones {list(config.milestones)} fall on epochs {epochs} of {config.epochs}: the learning "
+                      f"rate drops by gamma^k at once; give whole epochs or more epochs", stacklevel=3)
+
+
+def _train_locked(config: TrainConfig, run_dir: Path, key: str, resume: bool, progress: TrainProgress | None,
+                  data_progress: data.Progress | None) -> dict[str, Any]:
     if (run_dir / runs.RUN_JSON).is_file():
         record = runs.read_run_json(run_dir)
         if not resume:
@@ -252,16 +315,31 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
                                    f"{', '.join(differ) or 'the content of data or initial weights'})")
         if record.get("status") in ("completed", "diverged"):
             return record
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif _own_files(run_dir):
         raise MinimascopeError(f"{run_dir} is not empty and holds no run; choose another --out")
 
+    _warn_colliding_milestones(config)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # nothing should draw from it, but a custom layer might
-    run = _Run(config, key, run_dir, device)
-    if resume and (run_dir / runs.CHECKPOINT).is_file():
-        run.load_checkpoint()
-    run.record = {"format": runs.RUN_FORMAT, "status": "running", "config": config.to_dict(), "key": key,
-                  **environment(device), "started": _now(), "epochs_completed": run.epoch}
+    run = _Run(config, key, run_dir, device, data_progress)
+    try:
+        _remove_stale_temporaries(run_dir)
+        if resume and (run_dir / runs.CHECKPOINT).is_file():
+            run.load_checkpoint()
+        else:
+            io.atomic_torch_save(run_dir / runs.INITIAL_WEIGHTS, run.weights())
+        return _train_loop(run, progress)
+    except io.WriteError as exc:
+        if exc.path is None or run_dir.resolve() not in (exc.path.resolve(), *exc.path.resolve().parents):
+            raise
+        raise io.WriteError(f"{exc}; the last finished epoch's checkpoint is kept: free space or make {run_dir} "
+                            f"writable, then continue with --resume", exc.path) from None
+
+
+def _train_loop(run: _Run, progress: TrainProgress | None) -> dict[str, Any]:
+    config, run_dir = run.config, run.run_dir
+    run.record = {"format": runs.RUN_FORMAT, "status": "running", "config": config.to_dict(), "key": run.key,
+                  **environment(run.device), "started": _now(), "epochs_completed": run.epoch}
     run.write_record()
 
     from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
@@ -280,25 +358,22 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
                 lr = run.optimizer.param_groups[0]["lr"]
                 try:
                     row: dict[str, float | None] = {"epoch": run.epoch + 1, "lr": lr, **_train_epoch(run, progress)}
-                except Diverged:
-                    run.write_record(status="diverged", diverged_epoch=run.epoch + 1, finished=_now())
+                    run.scheduler.step()
+                    evaluated = time.perf_counter()
+                    _evaluate_splits(run, row)
+                except Diverged as exc:
+                    run.write_record(status="diverged", diverged_epoch=run.epoch + 1, diverged_loss=str(exc),
+                                     finished=_now())
                     return run.record
-                run.scheduler.step()
-                evaluated = time.perf_counter()
-                split_metrics = {"val": run.splits.val, "test": run.splits.test}
-                for name, split in split_metrics.items():
-                    loss, accuracy = (evaluate(run.model, *split, input_normalization(config), config.eval_batch_size)
-                                      if split is not None else (None, None))
-                    row[f"{name}_loss"], row[f"{name}_accuracy"] = loss, accuracy
                 row["eval_time_s"] = time.perf_counter() - evaluated
                 row["epoch_time_s"] = time.perf_counter() - started
                 run.epoch += 1
                 run.history.append(row)
                 run.save_checkpoint()
                 run.write_metrics()
-                for key, value in row.items():
-                    if key != "epoch" and value is not None:
-                        writer.add_scalar(key, value, run.epoch)
+                for name, value in row.items():
+                    if name != "epoch" and value is not None:
+                        writer.add_scalar(name, value, run.epoch)
                 writer.flush()
                 run.write_record(epochs_completed=run.epoch)
                 if progress:
@@ -310,6 +385,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         raise
     finally:
         writer.close()
+    run.write_predictions()
     io.atomic_torch_save(run_dir / runs.FINAL_WEIGHTS, run.weights())
     epoch_times = [row["epoch_time_s"] for row in run.history]
     last = run.history[-1]
@@ -320,3 +396,18 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
                           "std": statistics.stdev(epoch_times) if len(epoch_times) > 1 else 0.0},
     )
     return run.record
+
+
+def _evaluate_splits(run: _Run, row: dict[str, float | None]) -> None:
+    """Validation and test loss and accuracy into ``row``; a non-finite loss is divergence."""
+    normalization = input_normalization(run.config)
+    row["val_loss"] = row["val_accuracy"] = None
+    if run.splits.val is not None:
+        row["val_loss"], row["val_accuracy"] = evaluate(run.model, *run.splits.val, normalization,
+                                                        run.config.eval_batch_size)
+        if not math.isfinite(row["val_loss"]):
+            raise Diverged("validation loss")
+    row["test_loss"], row["test_accuracy"], run.test_predictions = evaluate_with_predictions(
+        run.model, *run.splits.test, normalization, run.config.eval_batch_size)
+    if not math.isfinite(row["test_loss"]):
+        raise Diverged("test loss")

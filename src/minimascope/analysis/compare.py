@@ -5,6 +5,11 @@ was trained, compares every chosen layer of A with every chosen layer of B
 (:func:`minimascope.similarity.similarity_matrices`) and writes per measure a CSV, a JSON matrix
 and a heatmap PNG. Files are written atomically, so a killed comparison leaves no half-written
 file. Figures are drawn on a bare Agg canvas, not pyplot, so no global backend state changes.
+
+A comparison folder holds ``comparison.json``: which networks (path and sha256 of their weights)
+it compared, with which settings, and the measures written. A later comparison into the same
+folder may add measures for the same pair and settings; anything else is refused, as is a folder
+that is a run directory or holds files of something else, before any computation.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from minimascope.io import LOCK_FILE, atomic_write_bytes, atomic_write_json, atomic_write_text, locked, read_json
 from minimascope.similarity import DEFAULT_MEASURES, MEASURES, Progress, SimilarityMatrix
 
 
@@ -71,6 +76,55 @@ def write_similarity(matrices: Sequence[SimilarityMatrix], out_dir: str | Path) 
     return written
 
 
+COMPARISON_JSON = "comparison.json"
+COMPARISON_FORMAT = "minimascope-comparison-v1"
+
+
+def read_comparison(out_dir: str | Path) -> dict | None:
+    """The ``comparison.json`` of a comparison folder; None when there is none."""
+    path = Path(out_dir) / COMPARISON_JSON
+    if not path.exists():
+        return None
+    record = read_json(path, COMPARISON_JSON)
+    if not isinstance(record, dict) or record.get("format") != COMPARISON_FORMAT:
+        raise MinimascopeError(f"{path} is not a minimascope comparison record")
+    return record
+
+
+def _weights_file(path: Path) -> Path:
+    from minimascope.runs import FINAL_WEIGHTS
+
+    return path / FINAL_WEIGHTS if path.is_dir() else path
+
+
+def check_comparison_folder(out_dir: Path, identity: dict) -> list[str]:
+    """Refuse a folder that is (or lies in) a run directory, is a file, holds other files, or
+    holds a comparison of another pair or with other settings; returns the measures already there."""
+    from minimascope.runs import RUN_JSON
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MinimascopeError(f"--out {out_dir} is a file; name a folder for the comparison")
+    for folder in (out_dir, *out_dir.parents):
+        if (folder / RUN_JSON).is_file():
+            raise MinimascopeError(f"--out {out_dir} is inside run directory {folder}; comparisons are written "
+                                   f"elsewhere (default: comparisons/<A>_vs_<B>)")
+    record = read_comparison(out_dir)
+    if record is None:
+        if out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
+            raise MinimascopeError(f"--out {out_dir} holds files but no {COMPARISON_JSON}; choose another folder")
+        return []
+    for side in ("a", "b"):
+        if record.get(side, {}).get("weights_sha256") != identity[side]["weights_sha256"]:
+            raise MinimascopeError(f"--out {out_dir} holds a comparison of {record['a'].get('path')} with "
+                                   f"{record['b'].get('path')}; choose another folder for this pair")
+    stored = record.get("settings", {})
+    differ = [k for k, v in identity["settings"].items() if stored.get(k) != v]
+    if differ:
+        raise MinimascopeError(f"--out {out_dir} holds a comparison of this pair with other settings (differs in: "
+                               f"{', '.join(differ)}); choose another folder")
+    return list(record.get("measures", []))
+
+
 def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, *,
                      measures: Sequence[str] = DEFAULT_MEASURES, samples: int = 10_000,
                      layers_a: Sequence[str] | None = None, layers_b: Sequence[str] | None = None,
@@ -93,6 +147,7 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
         raise MinimascopeError(f"policy must be one of {', '.join(similarity.POLICIES)} and layer set one of "
                                f"{', '.join(similarity.LAYER_SETS)}")
     torch_device = resolve_device(device)
+    out_dir = Path(out_dir)
     path_a, path_b = Path(run_a).resolve(), Path(run_b).resolve()
     same_run = path_a == path_b
     label_a, label_b = path_a.name, path_b.name
@@ -100,7 +155,15 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
         label_a, label_b = f"A {label_a}", f"B {label_b}"
     model_a, payload_a = models.load_trained(path_a)
     model_b, payload_b = (model_a, payload_a) if same_run else models.load_trained(path_b)
-    cifar = data.load_cifar10(data_source)
+    identity = {
+        "a": {"path": str(path_a), "weights_sha256": models.file_sha256(_weights_file(path_a))},
+        "b": {"path": str(path_b), "weights_sha256": models.file_sha256(_weights_file(path_b))},
+        "settings": {"samples": samples, "layers_a": list(layers_a) if layers_a else None,
+                     "layers_b": list(layers_b) if layers_b else None, "layer_set": layer_set, "policy": policy,
+                     "data": data.content_key(data_source)},
+    }
+    check_comparison_folder(out_dir, identity)  # before the computation: it may take minutes
+    cifar = data.load_cifar10(data_source, progress=progress)
     images = cifar.test_images
     if samples < len(images):
         images = images[data.balanced_subset(cifar.test_labels, samples, seed=0)]
@@ -122,5 +185,10 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
         model_a, inputs_a, model_b, inputs_b, layers_a=names_a, layers_b=names_b, measures=measures,
         batch_size=batch_size, device=torch_device, policy=policy, label_a=label_a, label_b=label_b,
         progress=progress)
-    write_similarity(matrices, out_dir)
+    with locked(out_dir, "comparison folder"):
+        earlier = check_comparison_folder(out_dir, identity)  # again: another process may have written meanwhile
+        measures_written = earlier + [m.measure for m in matrices if m.measure not in earlier]
+        atomic_write_json(out_dir / COMPARISON_JSON, {"format": COMPARISON_FORMAT, **identity,
+                                                      "measures": measures_written})
+        write_similarity(matrices, out_dir)
     return matrices

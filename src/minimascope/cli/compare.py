@@ -3,33 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from minimascope.cli._app import app, console, one_line_errors, split_names
-
-
-class RichStageProgress:
-    """Adapts ``similarity``'s ``progress(stage, done, total)`` calls to one Rich bar per stage."""
-
-    def __init__(self) -> None:
-        self.bar = Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console)
-        self.tasks: dict[str, Any] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total)
-        self.bar.update(self.tasks[stage], completed=done, total=total)
-
-    def __enter__(self) -> RichStageProgress:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+from minimascope.cli._app import RichStageProgress, app, console, one_line_errors, split_names
 
 
 @app.command("compare")

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from minimascope.cli._app import app, console, one_line_errors
+from minimascope.cli._app import DIVERGED, RichStageProgress, app, console, one_line_errors
 from minimascope.config import TrainConfig
 from minimascope.errors import MinimascopeError
 from minimascope.io import read_yaml_mapping
@@ -43,15 +43,17 @@ def _train_parameters() -> list[inspect.Parameter]:
 
 
 class RichTrainProgress:
-    """A progress bar per epoch and one summary line after each."""
+    """A bar while a cold data cache is decoded, then a progress bar per epoch and one summary line after each."""
 
     def __init__(self) -> None:
+        self.decode = RichStageProgress()
         self.bar = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                             MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
                             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
         self.task = None
 
     def start(self, first_epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        self.decode.stop()  # Rich shows one live display at a time
         self.epochs, self.steps = epochs, steps_per_epoch
         self.bar.start()
         self.task = self.bar.add_task("train", total=steps_per_epoch, epoch=first_epoch + 1, epochs=epochs,
@@ -66,6 +68,7 @@ class RichTrainProgress:
                        loss=float("nan"))
 
     def stop(self) -> None:
+        self.decode.stop()
         self.bar.stop()
 
 
@@ -85,7 +88,11 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out (a finished run is left as it is)"),
     **options: Any,
 ) -> None:
-    """Train one network on CIFAR-10 into a run directory (metrics, checkpoints, final weights)."""
+    """Train one network on CIFAR-10 into a run directory (metrics, checkpoints, final weights).
+
+    Exit status: 0 completed, 2 bad input or a fault of the environment (one error line), 3 diverged
+    (a train, validation or test loss stopped being finite; the run keeps its last good checkpoint).
+    """
     values = read_yaml_mapping(config) if config else {}
     values.update({k: v for k, v in options.items() if v is not None})
     train_config = TrainConfig.from_mapping(values, source=str(config) if config else "option")
@@ -97,7 +104,7 @@ def train_command(
     run_dir = out or Path("runs") / f"{train_config.optimizer}-{train_config.arch}-seed{train_config.seed}-{stamp}"
     progress = RichTrainProgress()
     try:
-        record = train(train_config, run_dir, resume=resume, progress=progress)
+        record = train(train_config, run_dir, resume=resume, progress=progress, data_progress=progress.decode)
     finally:
         progress.stop()
     status = record["status"]
@@ -106,8 +113,9 @@ def train_command(
         console.print(f"[green]completed[/green] {run_dir}: test accuracy {final['test_accuracy']:.4f}, "
                       f"test loss {final['test_loss']:.4f}")
     else:
-        console.print(f"[yellow]{status}[/yellow] {run_dir} at epoch {record.get('diverged_epoch')}: "
-                      f"the loss stopped being finite")
+        console.print(f"[yellow]{status}[/yellow] {run_dir} at epoch {record.get('diverged_epoch')}: the "
+                      f"{record.get('diverged_loss', 'loss')} stopped being finite; no final weights", highlight=False)
+        raise typer.Exit(DIVERGED)
 
 
 train_command.__signature__ = inspect.Signature(
