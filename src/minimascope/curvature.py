@@ -17,7 +17,7 @@ BLOCK_STATS = ("abs_mean", "signed_mean")
 _BITS_PER_CODE = 8  # one random byte gives the signs of eight entries
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
     """Row b holds the eight signs encoded by the bits of byte b (+1 for a set bit, -1 otherwise)."""
     codes = torch.arange(256, device=device).unsqueeze(1)

@@ -383,10 +383,10 @@ def sharpness(model: nn.Module, images: Tensor, labels: Tensor, out_dir: str | P
               batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None) -> Sharpness:
     """Top-k eigenvalues, trace and eigenvalue density of the loss Hessian (see module doc); with
     ``out_dir``, written there as ``sharpness.json`` and ``density.png``."""
-    settings = dict(k=k, tol=tol, max_iter=max_iter, rel_error=rel_error, min_probes=min_probes,
-                    max_probes=max_probes, density_steps=density_steps, density_probes=density_probes,
-                    batch_size=batch_size)
-    common = dict(seed=seed, batch_size=batch_size, device=device)
+    settings = {"k": k, "tol": tol, "max_iter": max_iter, "rel_error": rel_error, "min_probes": min_probes,
+                "max_probes": max_probes, "density_steps": density_steps, "density_probes": density_probes,
+                "batch_size": batch_size}
+    common: dict[str, Any] = {"seed": seed, "batch_size": batch_size, "device": device}
     eigenvalues = top_eigenvalues(model, images, labels, k, tol=tol, max_iter=max_iter, **common)
     trace = hessian_trace(model, images, labels, rel_error=rel_error, min_probes=min_probes,
                           max_probes=max_probes, **common)

@@ -152,7 +152,8 @@ def permute_channels_randomly(model: nn.Module, seed: int) -> nn.Module:
     axes = resnet_permutation_axes(model)
     state = model.state_dict()
     generator = torch.Generator().manual_seed(seed)
-    perms = {group: torch.randperm(size, generator=generator) for group, size in sorted(_group_sizes(state, axes).items())}
+    sizes = sorted(_group_sizes(state, axes).items())
+    perms = {group: torch.randperm(size, generator=generator) for group, size in sizes}
     return _with_state(model, permute_state(state, axes, perms))
 
 
