@@ -93,7 +93,7 @@ def lanczos(matvec: Matvec, start: Tensor) -> Iterator[LanczosStep]:
             w.sub_(basis[j - 1], alpha=betas[-1])
         for _ in range(2):
             before = w.norm()
-            w.sub_(basis[: j + 1].T @ (basis[: j + 1] @ w))
+            w.addmv_(basis[: j + 1].T, basis[: j + 1] @ w, alpha=-1)
             after = w.norm()
             if after > 0.7 * before:
                 break
