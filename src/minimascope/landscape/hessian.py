@@ -69,22 +69,24 @@ class LanczosStep:
     beta: Tensor
 
 
-def lanczos(matvec: Matvec, start: Tensor) -> Iterator[LanczosStep]:
+def lanczos(matvec: Matvec, start: Tensor, max_steps: int | None = None) -> Iterator[LanczosStep]:
     """Lanczos on a symmetric operator from ``start``, with full reorthogonalisation; yields after each step.
 
-    The caller stops when it has what it needs; the run ends by itself once the Krylov space is invariant
-    or spans the whole space. Every new direction is orthogonalised against all earlier ones (classical
-    Gram-Schmidt as two matrix-vector products, repeated when it removed most of the vector, the
+    The run ends after ``max_steps`` steps (default: the dimension), or earlier once the Krylov space is
+    invariant; the caller may stop sooner. Every new direction is orthogonalised against all earlier ones
+    (classical Gram-Schmidt as two matrix-vector products, repeated when it removed most of the vector: the
     Daniel-Gragg-Kaufman-Stewart test), so no ghost copies of converged eigenvalues appear. The basis is
-    kept: memory is (steps + 1) vectors of ``start``'s size and dtype, in one buffer that doubles as it grows.
+    kept, in one buffer of ``start``'s dtype and device that doubles as it grows (up to ``max_steps``
+    vectors), so memory is about one to two vectors per step taken.
     """
     dim = start.numel()
-    basis = torch.empty((min(dim, 16), dim), dtype=start.dtype, device=start.device)
+    limit = dim if max_steps is None else min(dim, max_steps)
+    basis = torch.empty((min(limit, 16), dim), dtype=start.dtype, device=start.device)
     basis[0] = start.reshape(-1) / start.norm()
     alphas: list[float] = []
     betas: list[float] = []
     tiny = 1e3 * torch.finfo(start.dtype).eps
-    for j in range(dim):
+    for j in range(limit):
         q = basis[j]
         w = matvec(q.view_as(start)).reshape(-1).clone()
         alphas.append(torch.dot(q, w).item())
@@ -101,10 +103,10 @@ def lanczos(matvec: Matvec, start: Tensor) -> Iterator[LanczosStep]:
         invariant = after.item() <= tiny * scale or j + 1 == dim
         betas.append(0.0 if invariant else after.item())
         yield LanczosStep(torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64))
-        if invariant:
+        if invariant or j + 1 == limit:
             return
         if j + 1 == len(basis):
-            grown = torch.empty((min(dim, 2 * len(basis)), dim), dtype=basis.dtype, device=basis.device)
+            grown = torch.empty((min(limit, 2 * len(basis)), dim), dtype=basis.dtype, device=basis.device)
             grown[: len(basis)] = basis
             basis = grown
         basis[j + 1] = w.div_(after)
@@ -142,14 +144,14 @@ def lanczos_top_eigenvalues(matvec: Matvec, start: Tensor, k: int, *, tol: float
         raise MinimascopeError(f"k = {k} eigenvalues asked of a {start.numel()}-dimensional Hessian")
     values: list[float] = []
     converged, iterations = False, 0
-    for iterations, step in enumerate(lanczos(matvec, start), start=1):
+    for iterations, step in enumerate(lanczos(matvec, start, max_iter), start=1):
         ritz, vectors = tridiagonal_eigh(step)
         if len(ritz) >= k:
             top = ritz[-k:].flip(0)
             residuals = (step.beta[-1] * vectors[-1, -k:].flip(0)).abs()
             values = top.tolist()
             converged = bool((residuals <= tol * top.abs()).all())
-        if converged or iterations >= max_iter:
+        if converged:
             break
     return TopEigenvalues(values, iterations, converged)
 
@@ -166,10 +168,7 @@ def slq_density(matvec: Matvec, starts: list[Tensor], steps: int) -> tuple[Tenso
         raise MinimascopeError("a density needs at least one probe and one Lanczos step")
     nodes, weights = [], []
     for start in starts:
-        last = None
-        for last in lanczos(matvec, start):
-            if len(last.alpha) >= steps:
-                break
+        *_, last = lanczos(matvec, start, steps)
         ritz, vectors = tridiagonal_eigh(last)
         nodes.append(ritz)
         weights.append(vectors[0] ** 2 / len(starts))
