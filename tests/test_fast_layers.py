@@ -12,8 +12,8 @@ import torchvision
 from torch import nn
 
 from conftest import conv_bn_net
+from minimascope.curvature import hessian_vector_product, rademacher_like
 from minimascope.fast_layers import fast_forward
-from minimascope.optim import hessian_vector_product, rademacher_like
 
 CONVOLUTIONS = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}
 

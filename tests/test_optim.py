@@ -13,17 +13,9 @@ import torch
 from torch import nn
 
 from conftest import conv_bn_net
+from minimascope.curvature import block_statistic, hessian_vector_product, hutchinson_diagonal, rademacher_like
 from minimascope.fast_layers import fast_forward
-from minimascope.optim import (
-    OPTIMIZERS,
-    AdaHessian,
-    block_statistic,
-    build_optimizer,
-    hessian_vector_product,
-    hutchinson_diagonal,
-    needs_create_graph,
-    rademacher_like,
-)
+from minimascope.optim import OPTIMIZERS, AdaHessian, build_optimizer, needs_create_graph
 
 BETAS = (0.9, 0.999)
 

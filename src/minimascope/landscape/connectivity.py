@@ -1,0 +1,237 @@
+"""Linear mode connectivity: loss and error along the straight line between two networks' weights.
+
+At evenly spaced alpha in [0, 1] the network with weights (1 - alpha) theta_A + alpha theta_B is evaluated
+(eval mode) on training and test images; the barrier of a curve is its maximum along the path minus the
+mean of its two ends (Frankle et al. 2020), for the loss and for the error. Batch norm needs a choice,
+since the running statistics of an interpolated network are not those of either end:
+
+* ``interpolate`` — the running statistics are interpolated like the weights;
+* ``recompute`` — at every point they are recomputed from the training images: reset, then train-mode
+  forward passes without gradients with ``momentum=None`` (a cumulative average over the batches), as in
+  Jordan et al. 2023 (REPAIR) and Ainsworth et al. 2023. Only the statistics change, never the weights.
+
+With ``align=True`` B is also first permuted onto A by weight matching (``minimascope.landscape.matching``),
+which changes B's weights but not its function, and each variant is repeated on that path
+(named ``<bn>+matched``).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from minimascope.errors import MinimascopeError
+from minimascope.runs import atomic_write_bytes, atomic_write_json
+
+CONNECTIVITY_FORMAT = "minimascope-connectivity-v1"
+CONNECTIVITY_JSON = "connectivity.json"
+CONNECTIVITY_PNG = "connectivity.png"
+BN_MODES = ("interpolate", "recompute")
+METRICS = ("train_loss", "train_error", "test_loss", "test_error")
+MATCHED = "+matched"
+
+
+def barrier(values: Sequence[float]) -> float:
+    """Maximum along the path minus the mean of its two ends (0 for a path no worse than its ends' mean)."""
+    return max(values) - (values[0] + values[-1]) / 2
+
+
+def interpolate_state(state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """(1 - alpha) A + alpha B for floating-point entries (exactly A at 0 and B at 1); others (batch norm's
+    batch counters) are A's."""
+    return {key: torch.lerp(a, state_b[key].to(a.device), alpha) if a.is_floating_point() else a
+            for key, a in state_a.items()}
+
+
+def _batches(count: int, batch_size: int) -> list[slice]:
+    """Near-equal consecutive batches (sizes differ by at most 1), so no batch is left with one image."""
+    pieces = torch.arange(count).tensor_split(-(-count // batch_size))
+    return [slice(int(p[0]), int(p[-1]) + 1) for p in pieces]
+
+
+def recompute_batch_norm(model: nn.Module, images: Tensor, *, batch_size: int, device: torch.device) -> None:
+    """Replace every batch norm's running statistics by their average over ``images`` in batches (train-mode
+    forward passes without gradients, momentum None: each batch's mean and unbiased variance count alike).
+    The model is left in eval mode, with its own momenta."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    if len(images) < 2:
+        raise MinimascopeError("recomputing batch-norm statistics needs at least 2 training images")
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    dtype = next(model.parameters()).dtype
+    try:
+        with torch.no_grad():
+            for batch in _batches(len(images), batch_size):
+                model(images[batch].to(device, dtype))
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.eval()
+
+
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int,
+             device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy, error rate) of ``model`` in eval mode on normalised ``images``."""
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    with torch.no_grad():
+        for batch in _batches(len(labels), batch_size):
+            logits = model(images[batch].to(device, dtype))
+            target = labels[batch].to(device)
+            loss += F.cross_entropy(logits, target, reduction="sum").double()
+            wrong += (logits.argmax(1) != target).sum()
+    return loss.item() / len(labels), wrong.item() / len(labels)
+
+
+@dataclass(frozen=True)
+class PathCurve:
+    """Loss and error along one path; ``variant`` is the batch-norm mode, with ``+matched`` for the
+    path to the weight-matched B."""
+
+    variant: str
+    train_loss: list[float]
+    train_error: list[float]
+    test_loss: list[float]
+    test_error: list[float]
+
+    def barriers(self) -> dict[str, float]:
+        return {metric: barrier(getattr(self, metric)) for metric in METRICS}
+
+
+@dataclass(frozen=True)
+class Connectivity:
+    alphas: list[float]
+    curves: list[PathCurve]
+    n_train: int
+    n_test: int
+    labels: tuple[str, str]
+    settings: dict[str, Any]
+
+    def curve(self, variant: str) -> PathCurve:
+        for curve in self.curves:
+            if curve.variant == variant:
+                return curve
+        raise MinimascopeError(f"no {variant!r} path; have {', '.join(c.variant for c in self.curves)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": CONNECTIVITY_FORMAT,
+            "alphas": self.alphas,
+            "variants": {c.variant: {**{m: getattr(c, m) for m in METRICS}, "barriers": c.barriers()}
+                         for c in self.curves},
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "labels": list(self.labels),
+            "settings": self.settings,
+        }
+
+
+def linear_connectivity(model_a: nn.Module, model_b: nn.Module, train_images: Tensor, train_labels: Tensor,
+                        test_images: Tensor, test_labels: Tensor, *, points: int = 11,
+                        bn_modes: Sequence[str] = BN_MODES, align: bool = False, batch_size: int = 500,
+                        device: str | torch.device | None = None, seed: int = 0,
+                        labels: tuple[str, str] = ("A", "B")) -> Connectivity:
+    """Loss and error on both image sets at ``points`` evenly spaced alphas from A (0) to B (1), per
+    batch-norm mode (and per mode again to the weight-matched B with ``align``); see module doc. Images
+    are normalised float tensors; ``seed`` orders weight matching's coordinate descent."""
+    unknown = [mode for mode in bn_modes if mode not in BN_MODES]
+    if unknown or not bn_modes:
+        raise MinimascopeError(f"unknown batch-norm mode {unknown[0] if unknown else None!r}; "
+                               f"choose from {', '.join(BN_MODES)}")
+    if points < 2:
+        raise MinimascopeError(f"a path needs at least 2 points, got {points}")
+    if model_a.state_dict().keys() != model_b.state_dict().keys():
+        raise MinimascopeError("the two networks have different architectures")
+    device = next(model_a.parameters()).device if device is None else torch.device(device)
+    alphas = torch.linspace(0, 1, points, dtype=torch.float64).tolist()
+    targets = [("", model_b)]
+    if align:
+        from minimascope.landscape.matching import weight_matching
+
+        targets.append((MATCHED, weight_matching(model_a, model_b, seed=seed)))
+    state_a = model_a.state_dict()
+    walker = copy.deepcopy(model_a).to(device)
+    curves = []
+    for suffix, target in targets:
+        state_b = target.state_dict()
+        for mode in bn_modes:
+            values: dict[str, list[float]] = {metric: [] for metric in METRICS}
+            for alpha in alphas:
+                walker.load_state_dict(interpolate_state(state_a, state_b, alpha))
+                if mode == "recompute":
+                    recompute_batch_norm(walker, train_images, batch_size=batch_size, device=device)
+                for split, images, split_labels in (("train", train_images, train_labels),
+                                                    ("test", test_images, test_labels)):
+                    loss, error = evaluate(walker, images, split_labels, batch_size=batch_size, device=device)
+                    values[f"{split}_loss"].append(loss)
+                    values[f"{split}_error"].append(error)
+            curves.append(PathCurve(mode + suffix, **values))
+    settings = {"points": points, "bn_modes": list(bn_modes), "align": align, "batch_size": batch_size, "seed": seed}
+    return Connectivity(alphas, curves, len(train_labels), len(test_labels), labels, settings)
+
+
+def write_connectivity(result: Connectivity, out_dir: str | Path) -> list[Path]:
+    """``connectivity.json`` and ``connectivity.png`` in ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    atomic_write_json(out / CONNECTIVITY_JSON, result.to_dict())
+    connectivity_figure(result, out / CONNECTIVITY_PNG)
+    return [out / CONNECTIVITY_JSON, out / CONNECTIVITY_PNG]
+
+
+def read_connectivity(path: str | Path) -> Connectivity:
+    """A ``connectivity.json`` (or the folder holding one) back as a :class:`Connectivity`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONNECTIVITY_JSON
+    if not path.is_file():
+        raise MinimascopeError(f"no connectivity result at {path}")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MinimascopeError(f"broken {path}: {exc}") from None
+    if not isinstance(record, dict) or record.get("format") != CONNECTIVITY_FORMAT:
+        raise MinimascopeError(f"{path} is not a {CONNECTIVITY_FORMAT} file")
+    curves = [PathCurve(variant, **{m: values[m] for m in METRICS}) for variant, values in record["variants"].items()]
+    return Connectivity(record["alphas"], curves, record["n_train"], record["n_test"], tuple(record["labels"]),
+                        record["settings"])
+
+
+def connectivity_figure(result: Connectivity, path: str | Path) -> None:
+    """Loss (left) and error (right) against alpha: one colour per variant, train solid, test dashed."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    loss_axes, error_axes = figure.subplots(1, 2)
+    colours = [f"C{i}" for i in range(len(result.curves))]
+    for curve, colour in zip(result.curves, colours):
+        for split, style in (("train", "-"), ("test", "--")):
+            for axes, metric in ((loss_axes, "loss"), (error_axes, "error")):
+                values = getattr(curve, f"{split}_{metric}")
+                axes.plot(result.alphas, values, style, color=colour, marker=".",
+                          label=f"{curve.variant}, {split} (barrier {barrier(values):.3g})")
+    label_a, label_b = result.labels
+    for axes, metric in ((loss_axes, "cross-entropy"), (error_axes, "error rate")):
+        axes.set_xlabel(f"alpha: {label_a} (0) to {label_b} (1)")
+        axes.set_ylabel(metric)
+        axes.legend(fontsize=7)
+    figure.suptitle(f"linear interpolation, {result.n_train} train / {result.n_test} test images", fontsize=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
