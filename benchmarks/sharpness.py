@@ -42,9 +42,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from minimascope import data  # noqa: E402
+from minimascope.env import cpu_name  # noqa: E402
 from minimascope.landscape.hessian import hessian_trace, top_eigenvalues  # noqa: E402
 from minimascope.models import build_model, load_trained  # noqa: E402
-from minimascope.train import cpu_name  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-images.tar.gz"
 SHARED_DATA = Path("/work/shared/data/cifar10-images.tar.gz")

@@ -125,9 +125,8 @@ class AdaHessian(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_hyperparameters(
-            group["lr"], group["betas"], group["eps"], group["weight_decay"], group["hessian_power"], group["block_stat"]
-        )
+        _check_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"],
+                               group["hessian_power"], group["block_stat"])
 
     def needs_create_graph(self) -> bool:
         """True when the next ``step()`` estimates the Hessian, so ``backward`` needs ``create_graph=True``."""

@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from minimascope.errors import MinimascopeError
-from minimascope.runs import atomic_write_bytes, atomic_write_json
+from minimascope.io import atomic_write_bytes, atomic_write_json
 
 CONNECTIVITY_FORMAT = "minimascope-connectivity-v1"
 CONNECTIVITY_JSON = "connectivity.json"

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from minimascope.curvature import hessian_vector_product, rademacher_like
 from minimascope.errors import MinimascopeError
 from minimascope.fast_layers import fast_forward
-from minimascope.runs import atomic_write_bytes, atomic_write_json
+from minimascope.io import atomic_write_bytes, atomic_write_json
 
 SHARPNESS_FORMAT = "minimascope-sharpness-v1"
 SHARPNESS_JSON = "sharpness.json"
@@ -144,7 +144,7 @@ def lanczos_top_eigenvalues(matvec: Matvec, start: Tensor, k: int, *, tol: float
         raise MinimascopeError(f"k = {k} eigenvalues asked of a {start.numel()}-dimensional Hessian")
     values: list[float] = []
     converged, iterations = False, 0
-    for iterations, step in enumerate(lanczos(matvec, start, max_iter), start=1):
+    for iterations, step in enumerate(lanczos(matvec, start, max_iter), start=1):  # noqa: B007 (read after the loop)
         ritz, vectors = tridiagonal_eigh(step)
         if len(ritz) >= k:
             top = ritz[-k:].flip(0)
