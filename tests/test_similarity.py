@@ -166,12 +166,12 @@ def test_bad_plain_input_is_one_line_error() -> None:
 
 # ---------------------------------------------------------------- minibatch CKA
 
-def hsic_by_definition(k: np.ndarray, l: np.ndarray) -> float:
+def hsic_by_definition(k: np.ndarray, g: np.ndarray) -> float:
     """Unbiased HSIC as the U-statistic over ordered distinct quadruples (Song et al. 2012, thm 2):
-    mean of k_ij·l_ij + k_ij·l_qr − 2·k_ij·l_iq."""
+    mean of k_ij·g_ij + k_ij·g_qr − 2·k_ij·g_iq (the paper's L is ``g`` here)."""
     quads = np.array(list(itertools.permutations(range(k.shape[0]), 4)))
     i, j, q, r = quads.T
-    return float(np.mean(k[i, j] * l[i, j] + k[i, j] * l[q, r] - 2 * k[i, j] * l[i, q]))
+    return float(np.mean(k[i, j] * g[i, j] + k[i, j] * g[q, r] - 2 * k[i, j] * g[i, q]))
 
 
 def test_minibatch_cka_equals_unbiased_hsic_by_definition() -> None:
@@ -182,8 +182,8 @@ def test_minibatch_cka_equals_unbiased_hsic_by_definition() -> None:
     sums = np.zeros(3)
     for b in batches:
         accumulator.update([x[b]], [y[b]])
-        k, l = (x[b] @ x[b].T).numpy(), (y[b] @ y[b].T).numpy()
-        sums += [hsic_by_definition(k, l), hsic_by_definition(k, k), hsic_by_definition(l, l)]
+        k, g = (x[b] @ x[b].T).numpy(), (y[b] @ y[b].T).numpy()
+        sums += [hsic_by_definition(k, g), hsic_by_definition(k, k), hsic_by_definition(g, g)]
     assert accumulator.value()[0, 0] == pytest.approx(sums[0] / math.sqrt(sums[1] * sums[2]), abs=1e-12)
 
 

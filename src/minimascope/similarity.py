@@ -159,8 +159,8 @@ def linear_cka(x: ArrayLike, y: ArrayLike, *, form: str = "auto") -> float:
     if form == "feature":
         xy, xx, yy = (float(torch.linalg.matrix_norm(a.T @ b) ** 2) for a, b in ((yc, xc), (xc, xc), (yc, yc)))
     elif form == "gram":
-        k, l = xc @ xc.T, yc @ yc.T
-        xy, xx, yy = float((k * l).sum()), float((k * k).sum()), float((l * l).sum())
+        gram_x, gram_y = xc @ xc.T, yc @ yc.T
+        xy, xx, yy = (float((a * b).sum()) for a, b in ((gram_x, gram_y), (gram_x, gram_x), (gram_y, gram_y)))
     else:
         raise MinimascopeError(f"unknown CKA form {form!r}; choose auto, gram or feature")
     if xx <= 0.0 or yy <= 0.0:
@@ -447,7 +447,8 @@ def check_layer_names(model: nn.Module, names: Sequence[str]) -> None:
         seen.add(name)
         if name not in known_set:
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-            hint = f"did you mean {', '.join(close)}?" if close else f"the model has {len(known)} named modules, e.g. {', '.join(known[1:4])}"
+            hint = (f"did you mean {', '.join(close)}?" if close
+                    else f"the model has {len(known)} named modules, e.g. {', '.join(known[1:4])}")
             raise MinimascopeError(f"unknown layer {name!r} in {type(model).__name__}; {hint}")
 
 
@@ -470,7 +471,8 @@ def _apply_policy(output: Tensor, policy: str) -> Tensor:
 
 
 @contextmanager
-def capture_activations(model: nn.Module, layer_names: Sequence[str], policy: str = "flatten") -> Iterator[dict[str, Tensor]]:
+def capture_activations(model: nn.Module, layer_names: Sequence[str],
+                        policy: str = "flatten") -> Iterator[dict[str, Tensor]]:
     """Forward hooks filling the yielded dict with ``name → (N, p)`` float32 CPU activations of
     each forward; clear it between forwards. Conv maps (N, C, H, W) become (N, C·H·W) under
     "flatten" and (N, C) under "spatial_mean" (averaged over H, W); other outputs are flattened.
@@ -534,7 +536,8 @@ def default_layers(model: nn.Module, example_input: Tensor, layer_set: str = "co
         return conv_linear
     blocks = [n for n in order if isinstance(modules[n], (BasicBlock, Bottleneck))]
     if not blocks:
-        raise MinimascopeError(f"layer set 'blocks' needs residual blocks, and {type(model).__name__} has none; use conv_linear")
+        raise MinimascopeError(f"layer set 'blocks' needs residual blocks, and {type(model).__name__} has none; "
+                               f"use conv_linear")
     first_conv = next(n for n in conv_linear if isinstance(modules[n], nn.Conv2d))
     last_linear = [n for n in conv_linear if isinstance(modules[n], nn.Linear)][-1:]
     return [first_conv, *blocks, *last_linear]
@@ -828,7 +831,7 @@ def _pair_matrices(measures: Sequence[str], fa: list[_Factor], fb: list[_Factor]
                                                                           for m in measures}),
                             pairs, progress and (lambda done: progress("pairs", done, len(pairs))))
     for (i, j), result in zip(pairs, results):
-        for m, (value, error) in result.items():
+        for m, (value, _error) in result.items():
             values[m][i, j] = value
             if same:
                 values[m][j, i] = value
@@ -868,7 +871,8 @@ def _check_activation_memory(networks: Sequence[tuple[nn.Module, Tensor, Sequenc
     if 2 * held > 0.8 * available:
         raise MinimascopeError(
             f"the activations of {inputs.shape[0]} samples need about {2 * held / 2**30:.0f} GiB to compare, "
-            f"more than this machine's {available / 2**30:.0f} GiB: use policy spatial_mean, fewer samples or fewer layers")
+            f"more than this machine's {available / 2**30:.0f} GiB: use policy spatial_mean, fewer samples or "
+            f"fewer layers")
 
 
 def similarity_matrices(model_a: nn.Module, inputs_a: Tensor, model_b: nn.Module, inputs_b: Tensor, *,
