@@ -115,7 +115,8 @@ def test_eval_mode_and_no_grad_are_left_to_torch() -> None:
 
 SMALL_MAPS = [  # (dims, map size, kernel, stride, padding, dilation): fewer positions than taps
     (dims, size, kernel, stride, padding, dilation)
-    for dims, size, kernel, stride, padding, dilation in itertools.product((1, 2, 3), (1, 2), (2, 3), (1, 2), (0, 1, 2), (1, 2))
+    for dims, size, kernel, stride, padding, dilation in itertools.product((1, 2, 3), (1, 2), (2, 3), (1, 2),
+                                                                            (0, 1, 2), (1, 2))
     if size**dims < kernel**dims and size + 2 * padding - dilation * (kernel - 1) - 1 >= 0
 ]
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from minimascope import similarity as sim
 from minimascope.analysis.compare import write_similarity
 from minimascope.errors import MinimascopeError
 from minimascope.similarity import (
+    EXACT_EIGEN_LIMIT,
     MinibatchCKA,
     SimilarityWarning,
     capture_activations,
@@ -166,12 +166,12 @@ def test_bad_plain_input_is_one_line_error() -> None:
 
 # ---------------------------------------------------------------- minibatch CKA
 
-def hsic_by_definition(k: np.ndarray, l: np.ndarray) -> float:
+def hsic_by_definition(k: np.ndarray, g: np.ndarray) -> float:
     """Unbiased HSIC as the U-statistic over ordered distinct quadruples (Song et al. 2012, thm 2):
-    mean of k_ij·l_ij + k_ij·l_qr − 2·k_ij·l_iq."""
+    mean of k_ij·g_ij + k_ij·g_qr − 2·k_ij·g_iq (the paper's L is ``g`` here)."""
     quads = np.array(list(itertools.permutations(range(k.shape[0]), 4)))
     i, j, q, r = quads.T
-    return float(np.mean(k[i, j] * l[i, j] + k[i, j] * l[q, r] - 2 * k[i, j] * l[i, q]))
+    return float(np.mean(k[i, j] * g[i, j] + k[i, j] * g[q, r] - 2 * k[i, j] * g[i, q]))
 
 
 def test_minibatch_cka_equals_unbiased_hsic_by_definition() -> None:
@@ -182,8 +182,8 @@ def test_minibatch_cka_equals_unbiased_hsic_by_definition() -> None:
     sums = np.zeros(3)
     for b in batches:
         accumulator.update([x[b]], [y[b]])
-        k, l = (x[b] @ x[b].T).numpy(), (y[b] @ y[b].T).numpy()
-        sums += [hsic_by_definition(k, l), hsic_by_definition(k, k), hsic_by_definition(l, l)]
+        k, g = (x[b] @ x[b].T).numpy(), (y[b] @ y[b].T).numpy()
+        sums += [hsic_by_definition(k, g), hsic_by_definition(k, k), hsic_by_definition(g, g)]
     assert accumulator.value()[0, 0] == pytest.approx(sums[0] / math.sqrt(sums[1] * sums[2]), abs=1e-12)
 
 
@@ -229,7 +229,7 @@ def test_matrix_path_matches_plain_measures() -> None:
     assert cka.layers_a == ("wide", "narrow") and cka.layers_b == ("mid",) and cka.n_samples == 300
 
 
-@pytest.mark.parametrize("limit", [sim.EXACT_EIGEN_LIMIT, 128])  # 128: randomized eigen-decomposition
+@pytest.mark.parametrize("limit", [EXACT_EIGEN_LIMIT, 128])  # 128: randomized eigen-decomposition
 @pytest.mark.parametrize("keep", [0.99, 0.999])
 def test_truncated_procrustes_error(monkeypatch: pytest.MonkeyPatch, limit: int, keep: float) -> None:
     """The approximation: each layer keeps the directions explaining ``keep`` of its variance.
@@ -240,7 +240,7 @@ def test_truncated_procrustes_error(monkeypatch: pytest.MonkeyPatch, limit: int,
     y += 0.5 * decaying(300, 200, 23, 0.9)[:, :200]
     exact = [(procrustes_distance(layer, y), svcca(layer, y)) for layer in (x, y)]
     acts_a, acts_b = {"x": x.float(), "y": y.float()}, {"y": y.float().clone()}
-    monkeypatch.setattr(sim, "EXACT_EIGEN_LIMIT", limit)
+    monkeypatch.setattr("minimascope.similarity.factors.EXACT_EIGEN_LIMIT", limit)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the subspaces reach ``keep``: no "short" warning
         pro, sv = compare_activations(acts_a, acts_b, measures=("procrustes", "svcca"), procrustes_keep=keep)
@@ -422,9 +422,10 @@ def test_activations_too_large_for_memory_are_refused_up_front(monkeypatch: pyte
     widths = collect_activations(model, inputs[:1], default_layers(model, inputs[:1]), batch_size=1)
     assert sum(t.shape[1] for t in widths.values()) == 50_698
     needed = 2 * 4 * 10_000 * 50_698  # two copies' worth for 10,000 images of one network
-    monkeypatch.setattr(sim, "physical_memory_bytes", lambda: needed)  # 80% of it is not enough
+    memory = "minimascope.similarity.matrices.physical_memory_bytes"  # patched where the check reads it
+    monkeypatch.setattr(memory, lambda: needed)  # 80% of it is not enough
     big = torch.zeros(10_000, 3, 32, 32)
     with pytest.raises(MinimascopeError, match="need about 4 GiB to compare, more than this machine's 4 GiB"):
         similarity_matrices(model, big, model, big, measures=("cka",))
-    monkeypatch.setattr(sim, "physical_memory_bytes", lambda: 2 * needed)
+    monkeypatch.setattr(memory, lambda: 2 * needed)
     similarity_matrices(model, inputs, model, inputs, measures=("cka",))  # small: fine
