@@ -298,7 +298,7 @@ def _warn_colliding_milestones(config: TrainConfig) -> None:
     epochs = milestone_epochs(config.milestones, config.epochs)
     if len(set(epochs)) < len(epochs):
         warnings.warn(f"milestones {list(config.milestones)} fall on epochs {epochs} of {config.epochs}: the learning "
-                      f"rate drops by gamma^k at once; give whole epochs or more epochs", stacklevel=3)
+                      f"rate drops by gamma^k at once; give whole epochs or more epochs", stacklevel=4)
 
 
 def _train_locked(config: TrainConfig, run_dir: Path, key: str, resume: bool, progress: TrainProgress | None,
@@ -324,23 +324,27 @@ def _train_locked(config: TrainConfig, run_dir: Path, key: str, resume: bool, pr
     run = _Run(config, key, run_dir, device, data_progress)
     try:
         _remove_stale_temporaries(run_dir)
-        if resume and (run_dir / runs.CHECKPOINT).is_file():
+        fresh = not (resume and (run_dir / runs.CHECKPOINT).is_file())
+        if not fresh:
             run.load_checkpoint()
-        else:
-            io.atomic_torch_save(run_dir / runs.INITIAL_WEIGHTS, run.weights())
-        return _train_loop(run, progress)
+        return _train_loop(run, progress, fresh)
     except io.WriteError as exc:
         if exc.path is None or run_dir.resolve() not in (exc.path.resolve(), *exc.path.resolve().parents):
             raise
-        raise io.WriteError(f"{exc}; the last finished epoch's checkpoint is kept: free space or make {run_dir} "
-                            f"writable, then continue with --resume", exc.path) from None
+        todo = f"free space or make {run_dir} writable"
+        if (run_dir / runs.CHECKPOINT).is_file():
+            raise io.WriteError(f"{exc}; the last finished epoch's checkpoint is kept: {todo}, then continue with "
+                                f"--resume", exc.path) from None
+        raise io.WriteError(f"{exc}; no epoch had finished: {todo} and start again", exc.path) from None
 
 
-def _train_loop(run: _Run, progress: TrainProgress | None) -> dict[str, Any]:
+def _train_loop(run: _Run, progress: TrainProgress | None, fresh: bool) -> dict[str, Any]:
     config, run_dir = run.config, run.run_dir
     run.record = {"format": runs.RUN_FORMAT, "status": "running", "config": config.to_dict(), "key": run.key,
                   **environment(run.device), "started": _now(), "epochs_completed": run.epoch}
-    run.write_record()
+    run.write_record()  # first: from here on the folder is a run that --resume continues
+    if fresh:
+        io.atomic_torch_save(run_dir / runs.INITIAL_WEIGHTS, run.weights())
 
     from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
 
