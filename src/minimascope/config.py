@@ -20,7 +20,7 @@ from minimascope.errors import MinimascopeError
 
 OPTIMIZERS = ("sgd", "adahessian")
 ARCHITECTURES = ("resnet18", "resnet18-cifar")
-BLOCK_STATS = ("abs_mean", "signed_mean")  # as optim.BLOCK_STATS, which imports torch
+BLOCK_STATS = ("abs_mean", "signed_mean")  # AdaHessian's conv-window statistics (curvature.block_statistic)
 # The study's hyperparameters (chosen by 5-fold validation on the training set).
 PAPER_DEFAULTS = {"sgd": {"lr": 0.01, "epochs": 360}, "adahessian": {"lr": 0.15, "epochs": 160}}
 # Fields that change where or how fast a run goes, not what it computes.

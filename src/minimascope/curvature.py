@@ -1,7 +1,7 @@
 """Curvature of a loss through autograd: Rademacher probes, Hessian-vector products, Hutchinson's
 estimate of the Hessian diagonal, and the kernel-window statistics AdaHessian applies to it.
 
-Only torch: the optimizer (``minimascope.optim``) and the loss-landscape analyses
+Only torch (and the option names of config): the optimizer (``minimascope.optim``) and the loss-landscape analyses
 (``minimascope.landscape``) share these, so a Hessian-vector product is computed one way everywhere.
 """
 
@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-BLOCK_STATS = ("abs_mean", "signed_mean")
+from minimascope.config import BLOCK_STATS
+
 _BITS_PER_CODE = 8  # one random byte gives the signs of eight entries
 
 

@@ -16,9 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from minimascope.config import OPTIMIZERS
 from minimascope.curvature import BLOCK_STATS, block_dims, block_statistic, hutchinson_diagonal
-
-OPTIMIZERS = ("sgd", "adahessian")
 
 
 def _check_hyperparameters(
