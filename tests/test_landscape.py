@@ -203,7 +203,7 @@ def test_density_mean_is_trace_per_parameter(problem) -> None:
 
 def test_sharpness_writes_reads_and_refuses_other_files(problem, tmp_path) -> None:
     model, images, labels, _ = problem
-    result = hessian.sharpness(model, images, labels, tmp_path, k=2, rel_error=0.2, density_steps=6, seed=3)
+    result = hessian.sharpness(model, images, labels, tmp_path, k=2, max_probes=20, density_steps=6, seed=3)
     record = json.loads((tmp_path / "sharpness.json").read_text())
     assert record["format"] == "minimascope-sharpness-v1" and record["n_images"] == len(labels)
     assert record["eigenvalues"] == result.eigenvalues.values and record["trace"] == result.trace.value

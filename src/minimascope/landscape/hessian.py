@@ -52,7 +52,7 @@ from minimascope.io import atomic_write_bytes, atomic_write_json
 SHARPNESS_FORMAT = "minimascope-sharpness-v1"
 SHARPNESS_JSON = "sharpness.json"
 DENSITY_PNG = "density.png"
-DEFAULT_BATCH_SIZE = 1000
+DEFAULT_BATCH_SIZE = 1000  # 1,000 CIFAR images are one batch: its graph is built once and reused by every product
 Matvec = Callable[[Tensor], Tensor]
 
 
@@ -262,8 +262,10 @@ def _operator(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int,
     never moved."""
     model_device = next(model.parameters()).device
     device = model_device if device is None else torch.device(device)
-    if device != model_device:
+    if device.type != model_device.type or device.index not in (None, model_device.index):
         model = copy.deepcopy(model).to(device)
+    else:
+        device = model_device
     return LossHessian(model, images, labels, batch_size=batch_size, device=device)
 
 
