@@ -22,7 +22,7 @@ GRID = {"defaults": {"epochs": 1, "train_subset": 120, "test_subset": 20, "eval_
 
 def test_tune_on_a_tiny_grid(cifar_source: str, tmp_path: Path) -> None:
     file = tmp_path / "grid.yaml"
-    file.write_text(yaml.safe_dump(GRID))
+    file.write_text(yaml.safe_dump(GRID, sort_keys=False))
     out = tmp_path / "tune"
     result = CliRunner().invoke(app, ["tune", str(file), "--out", str(out), "--data", cifar_source])
     assert result.exit_code == 0, result.output
