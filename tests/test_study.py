@@ -193,9 +193,9 @@ def test_ray_study_gives_the_local_results(tiny_study: Path, cifar_source: str, 
                                           tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    try:  # a node holds both CPUs: nodes run one at a time, with the local study's thread count
         outcome = run_study("tiny", tmp_path / "ray", data=cifar_source, weights=imagenet_file, executor="ray",
-                            executor_options={})
+                            executor_options={"cpus_per_run": 2, "threads": torch.get_num_threads()})
     finally:
         ray.shutdown()
     assert outcome.counts == {"completed": 20}, outcome.records
