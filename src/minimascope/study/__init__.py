@@ -1,0 +1,192 @@
+"""The study: every arm of a study file over its seeds, and their comparisons, as one resumable graph.
+
+:func:`run_study` reads the study file (:mod:`.spec`), builds its nodes and their keys
+(:mod:`.graph`), refuses a study directory that holds other results under the same names, and
+hands the nodes that are not finished to an executor (:mod:`.executors`). See STUDY_FORMAT in the
+README for the directory it writes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from minimascope import io
+from minimascope.errors import MinimascopeError
+from minimascope.study.graph import Node, study_nodes
+from minimascope.study.spec import StudySpec, load_study
+from minimascope.study.state import (
+    SUMMARY_COLUMNS,
+    SUMMARY_CSV,
+    StudyProgress,
+    StudyState,
+    read_study,
+    summary_rows,
+    write_csv,
+)
+
+WEIGHTS_ENV = "MINIMASCOPE_IMAGENET_WEIGHTS"
+STUDY_YAML = "study.yaml"
+
+__all__ = ["StudyOutcome", "run_study", "run_nodes", "read_study", "load_study", "imagenet_weights",
+           "exit_status"]
+
+
+@dataclass
+class StudyOutcome:
+    study_dir: Path
+    counts: dict[str, int]  # status → number of nodes
+    wall_time_s: float
+    records: dict[str, dict[str, Any]]
+
+
+def exit_status(counts: dict[str, int]) -> int:
+    """0: every node completed; 1: a node failed; 3: none failed, but some diverged or were skipped."""
+    if counts.get("failed"):
+        return 1
+    return 0 if set(counts) <= {"completed"} else 3
+
+
+def imagenet_weights(given: str | Path | None, download: bool = True) -> tuple[str | None, str | None]:
+    """(weights file, None), or (None, why there is none): ``given``, else ``MINIMASCOPE_IMAGENET_WEIGHTS``,
+    else torchvision's cached or freshly downloaded IMAGENET1K_V1 file."""
+    given = given or os.environ.get(WEIGHTS_ENV)
+    if given:
+        if not Path(given).is_file():
+            raise MinimascopeError(f"ImageNet weights file not found: {given}")
+        return str(Path(given).resolve()), None
+    import torch
+
+    from minimascope.models import IMAGENET_WEIGHTS
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_WEIGHTS.url.rsplit("/", 1)[-1]
+    if not cached.is_file() and download:
+        import socket
+
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(10)
+        try:
+            IMAGENET_WEIGHTS.get_state_dict(progress=False)
+        except Exception as exc:  # no internet is the usual reason
+            return None, (f"no ImageNet weights: the download failed ({type(exc).__name__}); "
+                          f"give --weights FILE or set {WEIGHTS_ENV}")
+        finally:
+            socket.setdefaulttimeout(previous)
+    if cached.is_file():
+        return str(cached), None
+    return None, f"no ImageNet weights: give --weights FILE or set {WEIGHTS_ENV}"
+
+
+def _changed_nodes(study_dir: Path, nodes: Sequence[Node]) -> str | None:
+    """The first node whose directory holds results under another key, said in one line."""
+    from minimascope.config import NOT_HASHED, PATH_FIELDS
+    from minimascope.study.tasks import kind
+
+    changed = []
+    for node in nodes:
+        if node.skip_reason:
+            continue
+        stored = kind(node.kind).stored(study_dir / node.path)
+        if stored is not None and stored.get("key") != node.key:
+            changed.append((node, stored))
+    if not changed:
+        return None
+    node, stored = changed[0]
+    what = f"arm {node.labels['arm']!r}" if "arm" in node.labels else f"{node.kind} {'~'.join(node.labels['arms'])}"
+    differs = ""
+    if node.kind == "run":
+        new = node.params["config"]
+        fields = [k for k, v in new.items() if k not in NOT_HASHED + PATH_FIELDS and stored["config"].get(k) != v]
+        differs = f", differs in: {', '.join(fields) or 'data content or initial weights'}"
+    more = f"; {len(changed) - 1} more node(s) changed" if len(changed) > 1 else ""
+    return (f"{what} changed: {study_dir / node.path} holds key {stored.get('key')}, the study file gives "
+            f"{node.key}{differs}{more}. Nothing was run: use another --out or restore the study file")
+
+
+def run_nodes(nodes: list[Node], study_dir: str | Path, header: dict[str, Any], *, executor: str = "local",
+              executor_options: dict[str, Any] | None = None, progress: StudyProgress | None = None) -> StudyOutcome:
+    """Run ``nodes`` (keyed, in dependency order) into ``study_dir`` with an executor, keeping
+    ``study.json`` current. Shared by the study and by ``tune``."""
+    study_dir = Path(study_dir)
+    problem = _changed_nodes(study_dir, nodes)
+    if problem:
+        raise MinimascopeError(problem)
+    state = StudyState(study_dir, nodes, header, progress)
+    state.write()
+    if progress:
+        progress.start(state)
+    try:
+        if executor == "local":
+            from minimascope.study.executors import local
+
+            local.execute(state, study_dir)
+        elif executor == "ray":
+            try:
+                from minimascope.study.executors import ray as ray_executor
+            except ImportError:
+                raise MinimascopeError("--executor ray needs Ray: pip install 'minimascope[ray]'") from None
+            ray_executor.execute(state, study_dir, **(executor_options or {}))
+        else:
+            raise MinimascopeError(f"unknown executor {executor!r}; choose local or ray")
+    finally:
+        for node in state.running():  # interrupted: the next invocation resumes it
+            state.records[node.id] = {**state.records[node.id], "status": "pending"}
+        state.write()
+        if progress:
+            progress.stop()
+    write_csv(study_dir / SUMMARY_CSV, SUMMARY_COLUMNS, summary_rows(study_dir, nodes, state.records))
+    return StudyOutcome(study_dir, state.counts(), state.previous_wall + state.elapsed(), state.records)
+
+
+def _data_header(data: str, spec: StudySpec) -> dict[str, Any]:
+    from minimascope import data as cifar
+
+    loaded = cifar.load_cifar10(data)
+    first = next(iter(spec.arms.values())).options
+    train, test = len(loaded.train_labels), len(loaded.test_labels)
+    return {"source": data, "key": cifar.content_key(data),
+            "train_size": first.get("train_subset") or train, "test_size": first.get("test_subset") or test,
+            "train_images": train, "test_images": test}
+
+
+def resolve_data(data: str | None, spec_data: str | None = None) -> str:
+    from minimascope import data as cifar
+
+    source = cifar.resolve_source(data or spec_data)
+    return source if source == cifar.TORCHVISION else str(Path(source).resolve())
+
+
+def run_study(source: str | Path, study_dir: str | Path, *, data: str | None = None, weights: str | None = None,
+              download_weights: bool = True, executor: str = "local", executor_options: dict[str, Any] | None = None,
+              progress: StudyProgress | None = None) -> StudyOutcome:
+    """Run (or continue) the study of a preset name or study file into ``study_dir``."""
+    import yaml
+
+    from minimascope.env import environment, resolve_device
+
+    spec = load_study(source)
+    first = next(iter(spec.arms.values())).options
+    data = resolve_data(data, first.get("data"))
+    weights_file, missing = None, None
+    if any(arm.options.get("pretrained") for arm in spec.arms.values()):
+        weights_file, missing = imagenet_weights(weights, download_weights)
+    nodes = study_nodes(spec, data, weights_file, missing)
+    study_dir = Path(study_dir)
+    by_id = {node.id: node for node in nodes}
+    header = {
+        "name": spec.name, "source": spec.source, "data": _data_header(data, spec),
+        **environment(resolve_device(first.get("device", "auto"))), "seeds": list(spec.seeds),
+        "arms": {arm.name: {**by_id[f"run:{arm.name}:seed{spec.seeds[0]}"].params["config"], "seed": None,
+                            "init_from": arm.init_from} for arm in spec.arms.values()},
+        "compare": spec.compare.to_dict(), "weights": weights_file, "weights_missing": missing,
+        "executor": executor,
+    }
+    problem = _changed_nodes(study_dir, nodes)
+    if problem:
+        raise MinimascopeError(problem)
+    io.atomic_write_text(study_dir / STUDY_YAML, yaml.safe_dump(spec.resolved(), sort_keys=False))
+    return run_nodes(nodes, study_dir, header, executor=executor, executor_options=executor_options,
+                     progress=progress)

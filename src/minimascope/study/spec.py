@@ -1,0 +1,272 @@
+"""The study file: read, validate and resolve it, one clear error per mistake (file, arm and key named).
+
+A study file (YAML) holds::
+
+    defaults: {train options shared by every arm}     # or the path of a YAML holding them (tune's best.yaml)
+    seeds: [0, 1]
+    arms:
+      sgd: {optimizer: sgd}
+      adahessian-then-sgd: {optimizer: sgd, init_from: adahessian}   # that arm's final weights, same seed
+    compare: {measures: [cka, svcca, procrustes], samples: 10000, pairs: all, within: true}
+
+Every ``train`` option is a key of ``defaults`` and of each arm, checked as ``train`` checks it;
+``seed`` comes from ``seeds`` and ImageNet weights from the command line, so neither is a key.
+Presets ship in the package (``presets/<name>.yaml``) and are named instead of a path.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from minimascope.config import TrainConfig
+from minimascope.errors import MinimascopeError
+from minimascope.io import read_yaml_mapping
+
+STUDY_KEYS = ("defaults", "seeds", "arms", "compare")
+COMPARE_KEYS = ("measures", "samples", "pairs", "within", "layer_set", "policy")
+# Set by the study itself, not by its file.
+NOT_IN_STUDY_FILE = {
+    "seed": "seeds are given by the study's 'seeds' list",
+    "weights": "ImageNet weights come from --weights FILE or MINIMASCOPE_IMAGENET_WEIGHTS",
+}
+STUDY_PRESETS = ("paper", "quick", "tiny")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: its train options (defaults merged in, as given: not yet a TrainConfig) and the
+    arm whose final weights it starts from."""
+
+    name: str
+    options: dict[str, Any]
+    init_from: str | None = None
+
+    def config(self, seed: int, data: str | None = None, weights: str | None = None,
+               init_dir: str | None = None) -> TrainConfig:
+        """The arm's TrainConfig for one seed (paths filled in by whoever runs it)."""
+        values = {**self.options, "seed": seed, "data": data, "init_from": init_dir}
+        if values.get("pretrained") and weights is not None:
+            values["weights"] = weights
+        return TrainConfig.from_mapping(values)
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    measures: tuple[str, ...] = ("cka", "svcca", "procrustes")
+    samples: int = 10_000
+    pairs: str | tuple[tuple[str, str], ...] = "all"
+    within: bool | tuple[str, ...] = True
+    layer_set: str = "conv_linear"
+    policy: str = "flatten"
+
+    def pair_list(self, arms: list[str]) -> list[tuple[str, str]]:
+        """Every compared (a, b), within-network comparisons (a, a) included, in a fixed order."""
+        pairs = ([(a, b) for i, a in enumerate(arms) for b in arms[i + 1:]] if self.pairs == "all"
+                 else list(self.pairs))
+        within = arms if self.within is True else [] if self.within is False else list(self.within)
+        return pairs + [(a, a) for a in within]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"measures": list(self.measures), "samples": self.samples,
+                "pairs": self.pairs if self.pairs == "all" else [list(p) for p in self.pairs],
+                "within": self.within if isinstance(self.within, bool) else list(self.within),
+                "layer_set": self.layer_set, "policy": self.policy}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    source: str  # "preset:<name>" or the file's path
+    seeds: tuple[int, ...]
+    arms: dict[str, Arm]
+    compare: CompareSpec = field(default_factory=CompareSpec)
+
+    def resolved(self) -> dict[str, Any]:
+        """The study as one file again, with the defaults merged into each arm (``study.yaml``)."""
+        arms = {}
+        for arm in self.arms.values():
+            options = {k: list(v) if isinstance(v, tuple) else v for k, v in arm.options.items()}
+            arms[arm.name] = {**options, **({"init_from": arm.init_from} if arm.init_from else {})}
+        return {"seeds": list(self.seeds), "arms": arms, "compare": self.compare.to_dict()}
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(resources.files("minimascope.study") / "presets" / f"{name}.yaml"))
+
+
+def resolve_source(text: str | Path, presets: tuple[str, ...] = STUDY_PRESETS) -> tuple[Path, str, str]:
+    """(file, name, source label) of a preset name or a study file path."""
+    path = Path(text)
+    if path.is_file():
+        return path, path.stem, str(path.resolve())
+    if str(text) in presets:
+        return preset_path(str(text)), str(text), f"preset:{text}"
+    raise MinimascopeError(f"no study file {text} and no preset of that name; presets: {', '.join(presets)}")
+
+
+def _unknown(what: str, key: str, known: tuple[str, ...] | list[str]) -> MinimascopeError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of {', '.join(known)}"
+    return MinimascopeError(f"{what}: unknown key {key!r}{hint}")
+
+
+def checked_config(values: dict[str, Any], where: str) -> TrainConfig:
+    """A TrainConfig from ``values``, every error prefixed by where the values came from."""
+    for key in values:
+        if str(key).replace("-", "_") in NOT_IN_STUDY_FILE:
+            raise MinimascopeError(f"{where}: {key} is not a study-file key: {NOT_IN_STUDY_FILE[key]}")
+    try:
+        return TrainConfig.from_mapping(values, source=where)
+    except MinimascopeError as exc:
+        message = str(exc)
+        raise MinimascopeError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+def _options(values: Any, where: str) -> dict[str, Any]:
+    """Train options of a mapping, keys normalised (``train-subset`` → ``train_subset``) and values converted."""
+    if not isinstance(values, dict):
+        raise MinimascopeError(f"{where}: must be a mapping of train options, got {type(values).__name__}")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    config = checked_config(values, where)
+    return {k: getattr(config, k) for k in values}
+
+
+def _defaults(raw: Any, file: Path) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):  # the path of a YAML of options, such as tune's best.yaml
+        path = Path(raw) if Path(raw).is_absolute() else file.parent / raw
+        if not path.is_file():
+            raise MinimascopeError(f"{file}: defaults: no file {path}")
+        return _options(read_yaml_mapping(path), f"{file}: defaults ({path})")
+    return _options(raw, f"{file}: defaults")
+
+
+def _seeds(raw: Any, file: Path) -> tuple[int, ...]:
+    if raw is None:
+        return (0,)
+    if (not isinstance(raw, list) or not raw
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw)):
+        raise MinimascopeError(f"{file}: seeds: must be a non-empty list of integers >= 0, got {raw!r}")
+    if len(set(raw)) != len(raw):
+        raise MinimascopeError(f"{file}: seeds: repeated seed in {raw!r}")
+    return tuple(raw)
+
+
+def _arms(raw: Any, defaults: dict[str, Any], file: Path) -> dict[str, Arm]:
+    if not isinstance(raw, dict) or not raw:
+        raise MinimascopeError(f"{file}: arms: must be a non-empty mapping of arm names to train options")
+    arms = {}
+    for name, values in raw.items():
+        name = str(name)
+        where = f"{file}: arm {name!r}"
+        if not name or any(c in name for c in "/\\ ~") or name.startswith("."):
+            raise MinimascopeError(f"{where}: arm names are folder names: no spaces, '/', '\\' or '~'")
+        values = dict(values or {}) if isinstance(values, dict) or values is None else values
+        if not isinstance(values, dict):
+            raise MinimascopeError(f"{where}: must be a mapping of train options, got {type(values).__name__}")
+        init_from = values.pop("init_from", values.pop("init-from", None))
+        if init_from is not None:
+            if not isinstance(init_from, str) or init_from not in raw:
+                raise MinimascopeError(f"{where}: init_from: unknown arm {init_from!r}; arms: {', '.join(raw)}")
+            if init_from == name:
+                raise MinimascopeError(f"{where}: init_from: an arm cannot start from itself")
+        options = {**defaults, **_options(values, where)}
+        config = checked_config({**options, "init_from": f"<{init_from}>" if init_from else None}, where)
+        if config.pretrained and config.arch != "resnet18":
+            raise MinimascopeError(f"{where}: pretrained: ImageNet weights exist for arch resnet18 only")
+        arms[name] = Arm(name, options, init_from)
+    _check_acyclic(arms, file)
+    return arms
+
+
+def _check_acyclic(arms: dict[str, Arm], file: Path) -> None:
+    from minimascope.study.graph import topological_order
+
+    edges = {name: [arm.init_from] if arm.init_from else [] for name, arm in arms.items()}
+    try:
+        topological_order(edges)
+    except MinimascopeError as exc:
+        raise MinimascopeError(f"{file}: arms: {exc}") from None
+
+
+def _compare(raw: Any, arms: dict[str, Arm], file: Path) -> CompareSpec:
+    from minimascope import similarity
+
+    where = f"{file}: compare"
+    if raw is None:
+        return CompareSpec()
+    if not isinstance(raw, dict):
+        raise MinimascopeError(f"{where}: must be a mapping with keys {', '.join(COMPARE_KEYS)}")
+    for key in raw:
+        if key not in COMPARE_KEYS:
+            raise _unknown(where, str(key), COMPARE_KEYS)
+    measures = raw.get("measures", list(CompareSpec.measures))
+    measures = [measures] if isinstance(measures, str) else measures
+    if not isinstance(measures, list) or not measures:
+        raise MinimascopeError(f"{where}: measures: must be a non-empty list, got {measures!r}")
+    for measure in measures:
+        if measure not in similarity.MEASURES:
+            raise MinimascopeError(f"{where}: measures: unknown {measure!r}; "
+                                   f"choose from {', '.join(similarity.MEASURES)}")
+    samples = raw.get("samples", CompareSpec.samples)
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise MinimascopeError(f"{where}: samples: must be an integer >= 1, got {samples!r}")
+    pairs = raw.get("pairs", "all")
+    if pairs != "all":
+        if not isinstance(pairs, list):
+            raise MinimascopeError(f"{where}: pairs: must be 'all' or a list of [arm, arm], got {pairs!r}")
+        checked = []
+        for pair in pairs:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(a, str) for a in pair)):
+                raise MinimascopeError(f"{where}: pairs: each pair must be [arm, arm], got {pair!r}")
+            for arm in pair:
+                if arm not in arms:
+                    raise MinimascopeError(f"{where}: pairs: unknown arm {arm!r}; arms: {', '.join(arms)}")
+            if pair[0] == pair[1]:
+                raise MinimascopeError(f"{where}: pairs: {pair!r} compares an arm with itself; use within")
+            checked.append((pair[0], pair[1]))
+        if len(set(checked)) != len(checked):
+            raise MinimascopeError(f"{where}: pairs: a pair is listed twice")
+        pairs = tuple(checked)
+    within = raw.get("within", True)
+    if not isinstance(within, bool):
+        if not isinstance(within, list) or not all(isinstance(a, str) for a in within):
+            raise MinimascopeError(f"{where}: within: must be true, false or a list of arms, got {within!r}")
+        for arm in within:
+            if arm not in arms:
+                raise MinimascopeError(f"{where}: within: unknown arm {arm!r}; arms: {', '.join(arms)}")
+        within = tuple(within)
+    layer_set = raw.get("layer_set", CompareSpec.layer_set)
+    if layer_set not in similarity.LAYER_SETS:
+        raise MinimascopeError(f"{where}: layer_set: must be one of {', '.join(similarity.LAYER_SETS)}")
+    policy = raw.get("policy", CompareSpec.policy)
+    if policy not in similarity.POLICIES:
+        raise MinimascopeError(f"{where}: policy: must be one of {', '.join(similarity.POLICIES)}")
+    return CompareSpec(tuple(measures), samples, pairs, within, layer_set, policy)
+
+
+def parse_study(values: dict[str, Any], file: Path, name: str, source: str) -> StudySpec:
+    """Validate a study file's mapping (see the module doc)."""
+    for key in values:
+        if key not in STUDY_KEYS:
+            raise _unknown(str(file), str(key), STUDY_KEYS)
+    if "arms" not in values:
+        raise MinimascopeError(f"{file}: no 'arms': a study needs at least one arm")
+    defaults = _defaults(values.get("defaults"), file)
+    arms = _arms(values["arms"], defaults, file)
+    return StudySpec(name=name, source=source, seeds=_seeds(values.get("seeds"), file), arms=arms,
+                     compare=_compare(values.get("compare"), arms, file))
+
+
+def load_study(text: str | Path) -> StudySpec:
+    """A study from a preset name or a study file path."""
+    file, name, source = resolve_source(text)
+    values = read_yaml_mapping(file)
+    if not values:
+        raise MinimascopeError(f"{file} is empty: a study file needs 'arms' (and usually seeds, compare)")
+    return parse_study(values, file, name, source)

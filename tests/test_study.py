@@ -1,0 +1,330 @@
+"""The study end to end on the tiny preset: the study directory, keys, resume after SIGKILL, Ray,
+a changed arm, a diverged arm, missing ImageNet weights, and one-line study-file errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from minimascope import io, models, runs
+from minimascope.cli import app
+from minimascope.errors import MinimascopeError
+from minimascope.study import exit_status, run_study
+from minimascope.study.graph import Node, topological_order
+from minimascope.study.spec import load_study, preset_path
+from minimascope.study.state import SUMMARY_COLUMNS, remaining_seconds
+from minimascope.study.tasks import result
+from minimascope.train import run_key
+from test_train import assert_one_line_error
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TINY_ARMS = ["sgd", "adahessian", "sgd-pretrained", "adahessian-pretrained", "adahessian-then-sgd",
+             "sgd-then-adahessian", "sgd-scaled-input", "sgd-scaled-normalize", "adahessian-scaled-input",
+             "adahessian-scaled-normalize"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.getbasetemp() / "cache")  # the one conftest's private_cache names
+
+
+@pytest.fixture(scope="module")
+def imagenet_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A stand-in for torchvision's ImageNet weights: a seeded 1000-class resnet18 state dict."""
+    path = tmp_path_factory.mktemp("weights") / "resnet18-imagenet.pt"
+    io.atomic_torch_save(path, models.build_model("resnet18", 1000, seed=123).state_dict())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory, cifar_source: str, imagenet_file: str, cache: str) -> Path:
+    """One completed tiny study (local executor), shared by the tests that only read it."""
+    study_dir = tmp_path_factory.mktemp("tiny") / "study"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINIMASCOPE_CACHE", cache)
+        outcome = run_study("tiny", study_dir, data=cifar_source, weights=imagenet_file)
+    assert outcome.counts == {"completed": 20}, outcome.records
+    return study_dir
+
+
+def nodes_of(study_dir: Path) -> dict[str, dict]:
+    return {n["id"]: n for n in json.loads((study_dir / "study.json").read_text())["nodes"]}
+
+
+def file_stamps(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def assert_same_results(study_a: Path, study_b: Path, node_ids: list[str] | None = None) -> None:
+    """Identical final metrics and final weights of every run, identical comparison matrices."""
+    nodes_a, nodes_b = nodes_of(study_a), nodes_of(study_b)
+    for node_id in node_ids or list(nodes_a):
+        a, b = nodes_a[node_id], nodes_b[node_id]
+        assert a["key"] == b["key"] and a["status"] == b["status"] == "completed", (a, b)
+        if a["kind"] == "run":
+            assert a["final"] == b["final"], node_id
+            weights_a = models.read_weights(study_a / a["path"])["state_dict"]
+            weights_b = models.read_weights(study_b / b["path"])["state_dict"]
+            assert weights_a.keys() == weights_b.keys()
+            assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a), node_id
+        else:
+            for measure in ("cka", "svcca", "procrustes"):
+                matrix_a = json.loads((study_a / a["path"] / f"{measure}.json").read_text())
+                matrix_b = json.loads((study_b / b["path"] / f"{measure}.json").read_text())
+                assert matrix_a["values"] == matrix_b["values"], (node_id, measure)
+
+
+def test_tiny_study_writes_the_study_directory(tiny_study: Path, cifar_source: str) -> None:
+    record = json.loads((tiny_study / "study.json").read_text())
+    assert record["format"] == "minimascope-study-v1" and record["name"] == "tiny"
+    assert record["source"] == "preset:tiny" and record["seeds"] == [0] and record["wall_time_s"] > 0
+    assert record["data"]["source"] == str(Path(cifar_source).resolve()) and record["data"]["train_size"] == 200
+    assert record["device"]["type"] == "cpu" and record["versions"]["torch"].startswith("2.14.1")
+    assert list(record["arms"]) == TINY_ARMS
+    assert record["arms"]["adahessian-then-sgd"]["init_from"] == "adahessian"
+    assert record["arms"]["adahessian"]["lr"] == 0.15 and record["arms"]["sgd"]["momentum"] == 0.95
+    assert record["compare"]["samples"] == 100 and record["compare"]["within"] == ["sgd", "adahessian"]
+    nodes = {n["id"]: n for n in record["nodes"]}
+    assert len(nodes) == 20
+    then = nodes["run:adahessian-then-sgd:seed0"]
+    assert then["depends_on"] == ["run:adahessian:seed0"] and then["path"] == "runs/adahessian-then-sgd/seed0"
+    assert 0 <= then["final"]["test_accuracy"] <= 1 and then["time_s"] > 0 and then["reason"] is None
+    within = nodes["compare:sgd:sgd:seed0"]
+    assert within["arms"] == ["sgd", "sgd"] and within["path"] == "comparisons/sgd_vs_sgd/seed0"
+    for node in record["nodes"]:
+        for name in ("cka", "svcca", "procrustes") if node["kind"] == "compare" else ("run.json", "final.pt"):
+            assert (tiny_study / node["path"] / (f"{name}.json" if node["kind"] == "compare" else name)).is_file()
+    rows = list(csv.DictReader((tiny_study / "summary.csv").open()))
+    assert tuple(rows[0]) == SUMMARY_COLUMNS and [r["arm"] for r in rows] == TINY_ARMS
+    by_arm = {r["arm"]: r for r in rows}
+    assert by_arm["sgd-scaled-input"]["std_multiplier"] == "0.0001;1;1000"
+    assert by_arm["adahessian-scaled-normalize"]["std_multiplier"] == "10000;1;0.001"
+    assert [by_arm[a]["init"] for a in ("sgd", "sgd-pretrained", "sgd-then-adahessian")] == \
+        ["random", "imagenet", "run:sgd"]
+    assert float(by_arm["sgd"]["test_accuracy"]) == nodes["run:sgd:seed0"]["final"]["test_accuracy"]
+    assert float(by_arm["adahessian"]["epoch_time_mean_s"]) > 0 and float(by_arm["sgd"]["step_time_mean_s"]) > 0
+    # study.yaml is the resolved study: a study file giving the same nodes
+    assert load_study(tiny_study / "study.yaml").resolved() == load_study("tiny").resolved()
+
+
+def test_node_keys_are_what_train_computes(tiny_study: Path) -> None:
+    """Keys computed from the study file alone equal train.run_key of the configs as run (whose
+    init_from is the upstream run's directory, read for its key)."""
+    from minimascope.config import TrainConfig
+    from minimascope.study.tasks import kind
+
+    for node in nodes_of(tiny_study).values():
+        if node["kind"] == "run":
+            stored = runs.read_run_json(tiny_study / node["path"])
+            assert stored["key"] == node["key"] == run_key(TrainConfig.from_mapping(stored["config"]))
+    settings = Node("c", "compare", "x", {"settings": {"samples": 100}})
+    assert kind("compare").key(settings, ["k1", "k2"]) != kind("compare").key(settings, ["k1", "k3"])
+
+
+def test_a_second_invocation_recomputes_nothing(tiny_study: Path, cifar_source: str, imagenet_file: str) -> None:
+    before = {k: v for k, v in file_stamps(tiny_study).items() if k.startswith(("runs/", "comparisons/"))}
+    outcome = run_study("tiny", tiny_study, data=cifar_source, weights=imagenet_file)
+    assert outcome.counts == {"completed": 20}
+    after = {k: v for k, v in file_stamps(tiny_study).items() if k.startswith(("runs/", "comparisons/"))}
+    assert after == before
+
+
+def test_status_prints_every_node(tiny_study: Path) -> None:
+    result_ = CliRunner().invoke(app, ["status", str(tiny_study)], env={"COLUMNS": "200"})
+    assert result_.exit_code == 0, result_.output
+    assert "run:adahessian-then-sgd:seed0" in result_.output and "20 completed" in result_.output
+
+
+def test_a_changed_arm_is_refused(tiny_study: Path, cifar_source: str, imagenet_file: str, tmp_path: Path) -> None:
+    values = yaml.safe_load(preset_path("tiny").read_text())
+    values["arms"]["sgd"]["lr"] = 0.02
+    changed = tmp_path / "tiny.yaml"
+    changed.write_text(yaml.safe_dump(values))
+    before = file_stamps(tiny_study)
+    result_ = CliRunner().invoke(app, ["study", str(changed), "--out", str(tiny_study), "--data", cifar_source,
+                                       "--weights", imagenet_file], env={"COLUMNS": "400"})
+    assert_one_line_error(result_, "arm 'sgd' changed")
+    old_key = nodes_of(tiny_study)["run:sgd:seed0"]["key"]
+    assert old_key in result_.output and "differs in: lr" in result_.output
+    assert file_stamps(tiny_study) == before  # nothing overwritten, not even study.json
+
+
+def test_killed_study_resumes_to_the_same_results(tiny_study: Path, cifar_source: str, imagenet_file: str,
+                                                  cache: str, tmp_path: Path) -> None:
+    study_dir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "MINIMASCOPE_CACHE": cache}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "minimascope.cli", "study", "tiny", "--out", str(study_dir), "--data", cifar_source,
+         "--weights", imagenet_file], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    interrupted = study_dir / "runs/adahessian/seed0"
+    deadline = time.monotonic() + 600
+    try:  # kill once the first run has completed and the second has a checkpoint (epoch 1 of 2)
+        while not (runs.is_completed(study_dir / "runs/sgd/seed0") and (interrupted / runs.CHECKPOINT).is_file()):
+            assert process.poll() is None and time.monotonic() < deadline, "the study ended before it was killed"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not runs.is_completed(interrupted)
+    first = file_stamps(study_dir / "runs/sgd/seed0")
+    record = json.loads((study_dir / "study.json").read_text())
+    assert {n["id"]: n["status"] for n in record["nodes"]}["run:sgd:seed0"] == "completed"
+    outcome = run_study("tiny", study_dir, data=cifar_source, weights=imagenet_file)
+    assert outcome.counts == {"completed": 20}
+    assert file_stamps(study_dir / "runs/sgd/seed0") == first  # not recomputed
+    assert [int(r["epoch"]) for r in runs.read_metrics(interrupted)] == [1, 2]  # resumed, not restarted
+    assert_same_results(tiny_study, study_dir)
+
+
+def test_ray_study_gives_the_local_results(tiny_study: Path, cifar_source: str, imagenet_file: str,
+                                          tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:  # a node holds both CPUs: nodes run one at a time, with the local study's thread count
+        outcome = run_study("tiny", tmp_path / "ray", data=cifar_source, weights=imagenet_file, executor="ray",
+                            executor_options={"cpus_per_run": 2, "threads": torch.get_num_threads()})
+    finally:
+        ray.shutdown()
+    assert outcome.counts == {"completed": 20}, outcome.records
+    assert_same_results(tiny_study, tmp_path / "ray")
+
+
+def small_study(path: Path, arms: dict, pairs: list, **defaults) -> Path:
+    values = {"defaults": {"epochs": 2, "train_subset": 100, "test_subset": 50, "eval_batch_size": 50, **defaults},
+              "seeds": [0], "arms": arms, "compare": {"measures": ["cka"], "samples": 50, "pairs": pairs,
+                                                      "within": False}}
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_a_diverged_arm_skips_its_dependants_only(cifar_source: str, tmp_path: Path) -> None:
+    file = small_study(tmp_path / "diverge.yaml", {
+        "exploding": {"optimizer": "sgd", "lr": 1e38},  # the first step leaves weights whose loss is not finite
+        "after": {"optimizer": "sgd", "init_from": "exploding"},
+        "plain": {"optimizer": "sgd", "epochs": 1}}, [["exploding", "plain"]])
+    result_ = CliRunner().invoke(app, ["study", str(file), "--out", str(tmp_path / "s"), "--data", cifar_source])
+    assert result_.exit_code == 3, result_.output
+    nodes = nodes_of(tmp_path / "s")
+    exploding = nodes["run:exploding:seed0"]
+    assert exploding["status"] == "diverged" and exploding["diverged_epoch"] == 2
+    assert nodes["run:after:seed0"]["status"] == "skipped"
+    assert nodes["run:after:seed0"]["reason"] == "needs run:exploding:seed0, which diverged at epoch 2"
+    assert nodes["compare:exploding:plain:seed0"]["status"] == "skipped"
+    assert nodes["run:plain:seed0"]["status"] == "completed"
+    rows = {r["arm"]: r for r in csv.DictReader((tmp_path / "s" / "summary.csv").open())}
+    assert rows["exploding"]["status"] == "diverged" and rows["exploding"]["test_accuracy"] == ""
+
+
+def test_missing_imagenet_weights_skip_the_pretrained_arms_only(cifar_source: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MINIMASCOPE_IMAGENET_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached download either
+    file = small_study(tmp_path / "weights.yaml", {
+        "sgd": {"optimizer": "sgd", "epochs": 1},
+        "sgd-pretrained": {"optimizer": "sgd", "pretrained": True},
+        "then": {"optimizer": "sgd", "init_from": "sgd-pretrained"}}, [["sgd", "sgd-pretrained"]])
+    result_ = CliRunner().invoke(app, ["study", str(file), "--out", str(tmp_path / "s"), "--data", cifar_source,
+                                       "--no-download-weights"])
+    assert result_.exit_code == 3, result_.output
+    nodes = nodes_of(tmp_path / "s")
+    assert nodes["run:sgd:seed0"]["status"] == "completed"
+    assert nodes["run:sgd-pretrained:seed0"]["status"] == "skipped"
+    assert "no ImageNet weights" in nodes["run:sgd-pretrained:seed0"]["reason"]
+    assert nodes["run:then:seed0"]["reason"].startswith("needs run:sgd-pretrained:seed0, which was skipped")
+    assert nodes["compare:sgd:sgd-pretrained:seed0"]["status"] == "skipped"
+    assert not (tmp_path / "s/runs/sgd-pretrained").exists()
+
+
+STUDY_ERRORS = {
+    "unknown key": ("seeds: [0]\narms: {sgd: {optimizer: sgd, learning_rate: 0.1}}\n",
+                    "arm 'sgd': unknown key 'learning_rate'"),
+    "unknown top-level key": ("seed: [0]\narms: {sgd: {}}\n", "unknown key 'seed' (did you mean 'seeds'?)"),
+    "unknown arm in init_from": ("arms: {sgd: {}, then: {init_from: sdg}}\n",
+                                 "arm 'then': init_from: unknown arm 'sdg'"),
+    "dependency cycle": ("arms: {a: {init_from: b}, b: {init_from: a}}\n", "dependency cycle: a -> b -> a"),
+    "unknown optimizer": ("arms: {sgd: {optimizer: adam}}\n", "arm 'sgd': optimizer: unknown 'adam'"),
+    "bad value type": ("arms: {sgd: {epochs: many}}\n", "arm 'sgd': epochs must be an int"),
+    "bad default type": ("defaults: {lr: fast}\narms: {sgd: {}}\n", "defaults: lr must be a float"),
+    "bad seeds": ("seeds: 3\narms: {sgd: {}}\n", "seeds: must be a non-empty list"),
+    "seed in an arm": ("arms: {sgd: {seed: 3}}\n", "arm 'sgd': seed is not a study-file key"),
+    "unknown pair arm": ("arms: {sgd: {}}\ncompare: {pairs: [[sgd, adam]]}\n", "pairs: unknown arm 'adam'"),
+    "unknown measure": ("arms: {sgd: {}}\ncompare: {measures: [cosine]}\n", "measures: unknown 'cosine'"),
+    "empty file": ("", "is empty"),
+    "non-mapping file": ("- sgd\n- adahessian\n", "must hold a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", list(STUDY_ERRORS))
+def test_study_file_errors_are_one_line(case: str, tmp_path: Path) -> None:
+    text, message = STUDY_ERRORS[case]
+    file = tmp_path / "study.yaml"
+    file.write_text(text)
+    result_ = CliRunner().invoke(app, ["study", str(file), "--out", str(tmp_path / "out")], env={"COLUMNS": "300"})
+    assert_one_line_error(result_, message)
+    assert str(file) in result_.output or case in ("empty file", "non-mapping file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_preset_is_one_line(tmp_path: Path) -> None:
+    result_ = CliRunner().invoke(app, ["study", "quik", "--out", str(tmp_path / "out")], env={"COLUMNS": "300"})
+    assert_one_line_error(result_, "no study file quik and no preset of that name; presets: paper, quick, tiny")
+
+
+def test_presets_are_valid_and_share_the_paper_arms() -> None:
+    paper, quick, tiny = (load_study(name) for name in ("paper", "quick", "tiny"))
+    assert list(paper.arms) == list(quick.arms) == list(tiny.arms) == TINY_ARMS
+    assert paper.seeds == (0, 1, 2) and len(quick.seeds) == 2 and tiny.seeds == (0,)
+    for name, arm in paper.arms.items():  # hyperparameters from config.PAPER_DEFAULTS, not repeated
+        config = arm.config(0)
+        assert (config.lr, config.epochs) == ((0.01, 360) if config.optimizer == "sgd" else (0.15, 160)), name
+        assert config.train_subset is None and config.batch_size == 256 and config.weight_decay == 5e-4
+    assert paper.compare.pairs == "all" and paper.compare.within is True and paper.compare.samples == 10_000
+    assert paper.arms["sgd-scaled-input"].options["std_multiplier"] == (1e-4, 1.0, 1000.0)
+    assert paper.arms["sgd-scaled-normalize"].options["std_multiplier"] == (1e4, 1.0, 1e-3)
+
+
+def test_topological_order_and_cycles() -> None:
+    assert topological_order({"c": ["b"], "a": [], "b": ["a"]}) == ["a", "b", "c"]
+    with pytest.raises(MinimascopeError, match="dependency cycle: x -> y -> z -> x"):
+        topological_order({"x": ["y"], "y": ["z"], "z": ["x"]})
+
+
+def test_remaining_time_scales_finished_epochs_by_optimizer() -> None:
+    def run(name: str, optimizer: str, epochs: int) -> Node:
+        return Node(name, "run", name, {"config": {"optimizer": optimizer, "epochs": epochs}})
+
+    nodes = [run("a", "sgd", 2), run("b", "sgd", 4), run("c", "adahessian", 3), Node("d", "compare", "d", {})]
+    records = {"a": {**result("completed"), "time_s": 10.0, "timed": True}, "b": result("running"),
+               "c": result("pending"), "d": result("pending")}
+    # sgd: 5 s per epoch; b has 3 epochs left; c has no adahessian rate yet: the sgd rate; d unknown
+    assert remaining_seconds(nodes, records, {"b": 1}) == pytest.approx(5 * 3 + 5 * 3)
+    assert remaining_seconds(nodes, {k: result("pending") for k in records}, {}) is None
+
+
+def test_exit_status_says_whether_everything_completed() -> None:
+    assert exit_status({"completed": 3}) == 0
+    assert exit_status({"completed": 3, "skipped": 1}) == 3 and exit_status({"diverged": 1}) == 3
+    assert exit_status({"completed": 3, "failed": 1, "skipped": 2}) == 1
+
+
+def test_a_study_directory_is_read_back_or_refused(tmp_path: Path) -> None:
+    from minimascope.study import read_study
+
+    with pytest.raises(MinimascopeError, match="not a study directory"):
+        read_study(tmp_path)
+    shutil.copy(preset_path("tiny"), tmp_path / "study.json")
+    with pytest.raises(MinimascopeError, match="broken study.json"):
+        read_study(tmp_path)
