@@ -713,6 +713,7 @@ def test_sharpness_section_states_images_and_numbers(report_page: Path) -> None:
     assert "100 CIFAR-10 train images" in text and "eval mode" in text
     assert "40, 44" in text and "400, 440" in text  # λ1 of each seed of sgd and adahessian
     assert "120, 132" in text  # their traces (3 λ1)
+    assert "0.44 (40 probes) 0.333" in text  # λ1 / trace = 1/3 for every seed
     assert "sharpness sgd-pretrained seed 0: skipped (depends on skipped run sgd-pretrained seed 0)" in text
 
 

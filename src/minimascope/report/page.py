@@ -734,8 +734,8 @@ def sharpness_section(ctx: Context) -> dict[str, Any]:
                      "eigenvalues": [_cells([r.eigenvalues.values[i] for r in results]) for i in range(k)],
                      "trace": _cells(traces),
                      "trace_stderr": ", ".join(f"{r.trace.stderr:.2g} ({r.trace.probes} probes)" for r in results),
-                     "ratio": _cells([r.trace.value / r.eigenvalues.values[0] for r in results
-                                      if r.eigenvalues.values[0] != 0], "{:.3g}"),
+                     "ratio": _cells([r.eigenvalues.values[0] / r.trace.value for r in results
+                                      if r.trace.value != 0], "{:.3g}"),
                      "unconverged": ", ".join(unconverged)})
         points["top eigenvalue λ1"].append(figures.SeedValues(arm, ctx.arm_colour(arm), top))
         points["trace (Hutchinson)"].append(figures.SeedValues(arm, ctx.arm_colour(arm), traces))
