@@ -4,6 +4,7 @@ written from a fake study directory that follows STUDY_FORMAT.md."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -12,12 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 from torch import nn
 
 from minimascope import models
+from minimascope.analysis.mistakes import compare_mistakes, write_mistakes
+from minimascope.analysis.weights import layer_statistics, write_weight_statistics
 from minimascope.errors import MinimascopeError
 from minimascope.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from minimascope.landscape.connectivity import Connectivity, PathCurve, write_connectivity
+from minimascope.landscape.hessian import Density, Sharpness, TopEigenvalues, TraceEstimate, write_sharpness
 from minimascope.report import claims, figures, write_report
 from minimascope.report.page import SECTIONS, layer_with_itself, pooled_mean_std
 from minimascope.report.results import read_similarity, read_study
@@ -40,6 +46,12 @@ PAIRS = (("sgd", "adahessian"), ("adahessian-then-sgd", "adahessian"), ("sgd-the
          ("adahessian", "adahessian"))
 ISOLATED_LAYER = "layer4.1.conv1"
 MEASURE_NAMES = ("cka", "svcca", "procrustes")
+# The minima analyses: per run for these arms, per pair for these pairs (sgd-pretrained is skipped: its nodes say why).
+ANALYSIS_ARMS = ("sgd", "adahessian", "sgd-pretrained")
+ANALYSIS_PAIRS = (("sgd", "adahessian"),)
+SEED_ARMS = ("sgd", "adahessian")  # cross-seed comparisons (seed i against seed j of one arm)
+TOP_EIGENVALUE = {"sgd": 40.0, "adahessian": 400.0}  # per seed: × (1 + 0.1 seed)
+TEST_IMAGES = 200
 
 
 def resnet18_layers() -> list[str]:
@@ -64,8 +76,11 @@ def _jitter(arm: str, seed: int, scale: float) -> float:
 
 def _profile(pair: tuple[str, str], n: int) -> np.ndarray:
     """Layer i with layer i along the depth, by design: the optimizers part ways with depth,
-    SGD from AdaHessian's minimum stays close, AdaHessian from SGD's moves away."""
+    SGD from AdaHessian's minimum stays close, AdaHessian from SGD's moves away, two seeds of
+    one arm stay closer than the optimizers everywhere."""
     depth = np.linspace(0.0, 1.0, n)
+    if pair == ("seed i", "seed j"):
+        return 0.95 - 0.1 * depth
     if pair == ("sgd", "adahessian"):
         return 0.9 - 0.7 * depth
     if pair == ("adahessian-then-sgd", "adahessian"):
@@ -109,7 +124,8 @@ def _metrics_text(arm: str, seed: int, epochs: int, diverged_at: int | None) -> 
 def build_fake_study(root: Path, *, seeds: tuple[int, ...] = (0, 1), epochs: int = 3,
                      arms: tuple[str, ...] = ARMS, pairs: tuple[tuple[str, str], ...] = PAIRS,
                      skipped: tuple[str, ...] = ("sgd-pretrained", "adahessian-pretrained"),
-                     diverged: dict[tuple[str, int], int] | None = None, weights: bool = True) -> Path:
+                     diverged: dict[tuple[str, int], int] | None = None, weights: bool = True,
+                     analyses: bool = True) -> Path:
     """A study directory as STUDY_FORMAT.md describes it, with made-up numbers chosen so that
     some claims hold and some do not (see FINAL, _profile, ISOLATED_LAYER), real resnet18
     ``final.pt`` files (seed 0 of each arm; other seeds hard-link it: the report reads one seed)
@@ -183,6 +199,8 @@ def build_fake_study(root: Path, *, seeds: tuple[int, ...] = (0, 1), epochs: int
                                           similarity_values((arm_a, arm_b), seed, layers, measure), tuple(layers),
                                           tuple(layers), 500, "flatten", arm_a, arm_b)
                 atomic_write_json(root / relative / f"{measure}.json", matrix.to_dict())
+    if analyses:
+        nodes += write_fake_analyses(root, seeds, arms, skipped, layers)
     study = {
         "format": "minimascope-study-v1", "name": "fake", "source": "preset:fake",
         "created": "2026-11-28T10:00:00+00:00", "updated": "2026-11-28T10:20:00+00:00", "wall_time_s": 1234.5,
@@ -198,6 +216,90 @@ def build_fake_study(root: Path, *, seeds: tuple[int, ...] = (0, 1), epochs: int
                                           for row in summary]
     atomic_write_text(root / "summary.csv", "\n".join(lines) + "\n")
     return root
+
+
+def fake_sharpness(arm: str, seed: int) -> Sharpness:
+    top = TOP_EIGENVALUE[arm] * (1 + 0.1 * seed)
+    eigenvalues = TopEigenvalues([top, top / 2, top / 4], 30, True)
+    density = Density([-1.0, 0.0, 0.01, top / 4, top], [0.05, 0.6, 0.3, 0.04, 0.01], 5, 1)
+    settings = {"images": "train", "n_images": 100, "subset": "class-balanced, seed 0"}
+    return Sharpness(eigenvalues, TraceEstimate(3 * top, 0.01 * top, 40, True), density, 100, 1000, 0, settings)
+
+
+def fake_weight_state(arm: str, seed: int, moved: float) -> dict:
+    generator = torch.Generator().manual_seed(10 * ARMS.index(arm) + seed)
+    return {"conv1.weight": torch.randn(8, 3, 3, 3, generator=generator) * (1 + moved),
+            "bn1.weight": torch.ones(8), "fc.weight": torch.randn(10, 8, generator=generator) * (1 + moved),
+            "fc.bias": torch.zeros(10)}
+
+
+def fake_connectivity(pair: tuple[str, str], seed: int) -> Connectivity:
+    alphas = [0.0, 0.5, 1.0]
+    hill = 1.0 + 0.1 * seed
+    curves = [PathCurve(variant, [0.1, 0.1 + height * hill, 0.2], [0.02, 0.02 + height * hill / 4, 0.04],
+                        [0.9, 0.9 + height * hill, 1.0], [0.3, 0.3 + height * hill / 4, 0.32])
+              for variant, height in (("interpolate", 2.0), ("recompute", 1.0), ("recompute+matched", 0.2))]
+    return Connectivity(alphas, curves, 100, 100, pair, {"points": 3, "images": "class-balanced subsets"})
+
+
+def fake_predictions(arm: str, seed: int, labels: np.ndarray) -> np.ndarray:
+    """Wrong on a shared hard set (the first 40 images) and on a few of the arm's own."""
+    predicted = labels.copy()
+    hard = np.arange(40)
+    own = np.random.default_rng([ARMS.index(arm), seed]).choice(np.arange(40, TEST_IMAGES), 20, replace=False)
+    for index in np.concatenate([hard, own]):
+        predicted[index] = (labels[index] + 1) % 10
+    return predicted
+
+
+def write_fake_analyses(root: Path, seeds: tuple[int, ...], arms: tuple[str, ...], skipped: tuple[str, ...],
+                        layers: list[str]) -> list[dict]:
+    """Result files of the minima analyses, written by their own writers, and their study.json nodes."""
+    nodes = []
+    labels = np.arange(TEST_IMAGES) % 10
+    images = np.random.default_rng(0).integers(0, 256, (TEST_IMAGES, 3, 32, 32), dtype=np.uint8)
+    studied = arms
+    for kind, groups in (("sharpness", [(a,) for a in ANALYSIS_ARMS]), ("weights", [(a,) for a in ANALYSIS_ARMS]),
+                         ("connectivity", ANALYSIS_PAIRS), ("mistakes", ANALYSIS_PAIRS)):
+        for arms in (g for g in groups if set(g) <= set(studied)):
+            for seed in seeds:
+                relative = f"analyses/{kind}/{'_vs_'.join(arms)}/seed{seed}"
+                blocked = [a for a in arms if a in skipped]
+                node = {"id": f"{kind}:{':'.join(arms)}:seed{seed}", "kind": kind, "seed": seed, "path": relative,
+                        "depends_on": [f"run:{a}:seed{seed}" for a in arms], "key": f"{kind}{seed}",
+                        "status": "skipped" if blocked else "completed",
+                        "reason": f"depends on skipped run {blocked[0]} seed {seed}" if blocked else None,
+                        **({"arm": arms[0]} if len(arms) == 1 else {"arms": list(arms)})}
+                nodes.append(node)
+                if blocked:
+                    continue
+                out = root / relative
+                if kind == "sharpness":
+                    write_sharpness(fake_sharpness(arms[0], seed), out)
+                elif kind == "weights":
+                    moved = 0.5 if arms[0] == "adahessian" else 0.1
+                    write_weight_statistics(layer_statistics(
+                        fake_weight_state(arms[0], seed, moved), fake_weight_state(arms[0], seed, 0.0),
+                        label=f"{arms[0]} seed {seed}"), out)
+                elif kind == "connectivity":
+                    write_connectivity(fake_connectivity(arms, seed), out)
+                else:
+                    write_mistakes(compare_mistakes(fake_predictions(arms[0], seed, labels),
+                                                    fake_predictions(arms[1], seed, labels), labels,
+                                                    label_a=arms[0], label_b=arms[1]), out, images, limit=8)
+    for arm in (a for a in SEED_ARMS if a in studied):
+        for i, j in itertools.combinations(seeds, 2):
+            relative = f"comparisons/{arm}_vs_{arm}/seed{i}-seed{j}"
+            nodes.append({"id": f"compare:{arm}:{arm}:seed{i}-seed{j}", "kind": "compare", "arms": [arm, arm],
+                          "seeds": [i, j], "key": f"s{i}{j}", "path": relative, "status": "completed",
+                          "reason": None, "depends_on": [f"run:{arm}:seed{i}", f"run:{arm}:seed{j}"]})
+            for measure in MEASURE_NAMES:
+                spec = MEASURES[measure]
+                matrix = SimilarityMatrix(measure, spec.kind, spec.convention,
+                                          similarity_values(("seed i", "seed j"), 0, layers, measure), tuple(layers),
+                                          tuple(layers), 500, "flatten", f"{arm} seed {i}", f"{arm} seed {j}")
+                atomic_write_json(root / relative / f"{measure}.json", matrix.to_dict())
+    return nodes
 
 
 _SESSION: dict[str, Path] = {}  # tests/test_report_browser.py imports these fixtures: build and write once
@@ -470,7 +572,9 @@ def test_report_page_structure(report_page: Path) -> None:
     images = [url for tag, url in parsed.links if tag == "img"]
     assert sorted(images) == sorted(["curves.svg", "normalisation.svg", "similarity-depth.svg", "similarity-cka.png",
                                      "similarity-svcca.png", "similarity-procrustes.png", "filters-layer3.1.conv1.png",
-                                     "filters-conv1.png"])
+                                     "filters-conv1.png", "sharpness.svg", "sharpness-density.svg", "connectivity.svg",
+                                     "weights.svg", "mistakes-classes.svg", "mistakes-sgd_vs_adahessian-only_a.png",
+                                     "mistakes-sgd_vs_adahessian-only_b.png"])
     for image in images:
         data = (report_page.parent / image).read_bytes()
         assert data.startswith(b"\x89PNG") if image.endswith(".png") else b"<svg" in data[:2000]
@@ -538,6 +642,7 @@ def test_partial_study_lists_what_is_missing(tmp_path: Path) -> None:
     root = build_fake_study(tmp_path / "partial", seeds=(0,), arms=("sgd", "adahessian", "sgd-scaled-input"),
                             pairs=(("sgd", "adahessian"),), skipped=(), diverged={}, weights=False)
     (root / "summary.csv").unlink()
+    (root / "analyses/sharpness/sgd/seed0/sharpness.json").unlink()
     (root / "comparisons/sgd_vs_adahessian/seed0/svcca.json").unlink()
     study = json.loads((root / "study.json").read_text())
     study["nodes"][1]["status"], study["nodes"][1]["reason"] = "running", None  # adahessian still training
@@ -550,6 +655,9 @@ def test_partial_study_lists_what_is_missing(tmp_path: Path) -> None:
     assert "run adahessian seed 0: running" in text
     assert "runs/sgd/seed0/final.pt" in text  # no weights: the filters section says so
     assert claims.ONE_SEED in text
+    assert "sharpness sgd seed 0: no sharpness result at analyses/sharpness/sgd/seed0/sharpness.json" in text
+    assert "one seed only (0): nothing to hold a difference against" in text
+    assert "No seed statistics" in text and "adahessian 0, 1" not in text
 
 
 def test_study_with_nothing_finished_yet(tmp_path: Path) -> None:
@@ -571,6 +679,11 @@ def test_study_with_nothing_finished_yet(tmp_path: Path) -> None:
     text = " ".join(parsed.text)
     assert "run adahessian seed 0: pending" in text and "no completed comparison in this study" in text
     assert "No curves to draw yet." in text and "No final weights to draw yet." in text
+    for kind in ("sharpness", "weights"):
+        assert f"{kind} sgd seed 0: pending" in text
+    for kind in ("connectivity", "mistakes"):
+        assert f"{kind} sgd vs adahessian seed 0: pending" in text
+    assert "No sharpness results yet." in text and "No mistake comparisons yet." in text
 
 
 def test_measures_are_found_without_the_compare_settings(fake_study: Path, tmp_path: Path) -> None:
@@ -583,3 +696,63 @@ def test_measures_are_found_without_the_compare_settings(fake_study: Path, tmp_p
     study = read_study(root)
     assert sorted(study.measures) == sorted(MEASURE_NAMES)
     assert study.pair_comparisons("sgd", "adahessian")[0].matrices["cka"].n_samples == 500
+
+
+# ---------------------------------------------------------------- the minima: sharpness, paths, weights, mistakes
+
+def section_text(page: Path, section: str) -> str:
+    html = page.read_text()
+    start = html.index(f'<section id="{section}">')
+    parser = PageParser()
+    parser.feed(html[start:html.index("</section>", start)])
+    return " ".join(" ".join(parser.text).split())
+
+
+def test_sharpness_section_states_images_and_numbers(report_page: Path) -> None:
+    text = section_text(report_page, "sharpness")
+    assert "100 CIFAR-10 train images" in text and "eval mode" in text
+    assert "40, 44" in text and "400, 440" in text  # λ1 of each seed of sgd and adahessian
+    assert "120, 132" in text  # their traces (3 λ1)
+    assert "0.44 (40 probes) 0.333" in text  # λ1 / trace = 1/3 for every seed
+    assert "sharpness sgd-pretrained seed 0: skipped (depends on skipped run sgd-pretrained seed 0)" in text
+
+
+def test_connectivity_section_holds_each_variants_barrier(report_page: Path) -> None:
+    text = section_text(report_page, "connectivity")
+    assert "100 train and 100 test images, 3 points" in text
+    # train loss barrier of a path (0.1, 0.1 + 2 h, 0.2) is 2 h - 0.05; h = 1 and 1.1 over the seeds: mean 2.05
+    assert "sgd vs adahessian interpolate 2 2.05" in text and "recompute+matched 2 0.16" in text
+
+
+def test_weights_section_and_its_csv(report_page: Path) -> None:
+    text = section_text(report_page, "weights")
+    assert "|w| below 0.001" in text and "no images" in text
+    rows = list(csv.DictReader((report_page.parent / "weights.csv").open()))
+    assert {(r["arm"], r["seed"]) for r in rows} == {(a, str(s)) for a in ("sgd", "adahessian") for s in (0, 1)}
+    # final = 1.5 × initial for adahessian's fake layers: relative distance exactly 0.5
+    assert all(float(r["relative_distance_from_init"]) == pytest.approx(0.5) for r in rows if r["arm"] == "adahessian")
+
+
+def test_mistakes_section_counts(report_page: Path) -> None:
+    text = section_text(report_page, "mistakes")
+    assert "200 CIFAR-10 test images" in text
+    # 40 shared hard images and 20 of each arm's own (some of which coincide): 60 errors each
+    for row in ("sgd vs adahessian 0 200 60 60", "sgd vs adahessian 1 200 60 60"):
+        assert row in text
+    assert "only sgd gets wrong" in text
+
+
+def test_seed_statistics_hold_the_optimizers_against_seeds(report_page: Path) -> None:
+    from minimascope.analysis.seeds import read_optimizer_effect_tests
+
+    tests = read_optimizer_effect_tests(report_page.parent / "seeds-sgd_vs_adahessian")
+    assert len(tests) == len(MEASURE_NAMES) * len(resnet18_layers())
+    # two within values (sgd's and adahessian's seed pair) against two across values (seeds 0 and 1), the
+    # across ones less alike at every layer: of the C(4, 2) = 6 arrangements only the observed is as extreme
+    assert all(t.within.n == 2 and t.across.n == 2 and t.test.p_value == pytest.approx(1 / 6) for t in tests)
+    assert all((t.test.statistic < 0) == (t.kind == "similarity") for t in tests)
+    text = section_text(report_page, "seeds")
+    assert "0 of 63 tests with p < 0.05" in text
+    # λ1: sgd 40, 44 against adahessian 400, 440: two-sided, the observed split and its mirror of 6 arrangements
+    assert "top eigenvalue λ1 42 [16.59, 67.41] 420 [165.9, 674.1] -378 0.333" in text
+    assert "barrier: no connectivity between two seeds of one arm" in text

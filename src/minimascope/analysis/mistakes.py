@@ -337,3 +337,41 @@ def read_mistakes(path: str | Path) -> MistakeComparison:
             only_b=tuple(Mistake(*map(int, row)) for row in data["only_b"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise MinimascopeError(f"{path}: malformed {MISTAKES_FORMAT} file ({type(exc).__name__}: {exc})") from None
+
+
+# ----------------------------------------------------------------------------- two runs, on disk
+
+
+def mistakes_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, *, data_source: str | None = None,
+                     limit: int = GRID_LIMIT, seed: int = 0) -> MistakeComparison:
+    """:func:`compare_mistakes` of two runs' final test predictions (their ``predictions.pt``), written
+    to ``out_dir`` with grids of the test images (from the CIFAR-10 source, by each prediction's
+    ``test_index``) that only one run gets wrong. Both runs must have predicted the same test images."""
+    from minimascope import data
+    from minimascope.analysis.weights import check_analysis_folder
+    from minimascope.runs import read_predictions
+
+    out = check_analysis_folder(out_dir)
+    path_a, path_b = Path(run_a).resolve(), Path(run_b).resolve()
+    for path in (path_a, path_b):
+        if not path.is_dir():
+            raise MinimascopeError(f"not a run directory: {path} (mistakes are read from a run's predictions.pt)")
+    predictions_a, predictions_b = read_predictions(path_a), read_predictions(path_b)
+    if not torch.equal(predictions_a["test_index"], predictions_b["test_index"]):
+        raise MinimascopeError(f"{path_a.name} and {path_b.name} predicted different test images "
+                               f"({len(predictions_a['test_index'])} and {len(predictions_b['test_index'])}); "
+                               f"train both with the same --test-subset and seed")
+    labels = predictions_a["labels"]
+    if not torch.equal(labels, predictions_b["labels"]):
+        raise MinimascopeError(f"{path_a.name} and {path_b.name} disagree on the test labels: other data sets")
+    cifar = data.load_cifar10(data_source)
+    index = predictions_a["test_index"]
+    if int(index.max()) >= len(cifar.test_labels) or not torch.equal(cifar.test_labels[index], labels):
+        raise MinimascopeError("the CIFAR-10 source given is not the one the runs were tested on (its test labels "
+                               "differ); pass that source with --data")
+    label_a, label_b = (path_a.name, path_b.name) if path_a.name != path_b.name else (f"A {path_a.name}",
+                                                                                      f"B {path_b.name}")
+    comparison = compare_mistakes(predictions_a["predicted"], predictions_b["predicted"], labels,
+                                  label_a=label_a, label_b=label_b)
+    write_mistakes(comparison, out, cifar.test_images[index], limit=limit, seed=seed)
+    return comparison

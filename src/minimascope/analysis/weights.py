@@ -304,3 +304,49 @@ def read_weight_statistics(path: str | Path) -> WeightStatistics:
                                 layers=layers)
     except (KeyError, TypeError, ValueError) as exc:
         raise MinimascopeError(f"{path}: malformed {WEIGHTS_FORMAT} file ({type(exc).__name__}: {exc})") from None
+
+
+# ----------------------------------------------------------------------------- run-level shells
+
+
+def check_analysis_folder(out_dir: str | Path) -> Path:
+    """Refuse an output folder that is a file or lies in a run directory (a run directory holds
+    only what its training wrote; analyses go elsewhere, e.g. ``analyses/<run>/<analysis>``)."""
+    from minimascope.runs import RUN_JSON
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MinimascopeError(f"--out {out} is a file; name a folder for the results")
+    for folder in (out.resolve(), *out.resolve().parents):
+        if (folder / RUN_JSON).is_file():
+            raise MinimascopeError(f"--out {out} is inside run directory {folder}; analyses are written elsewhere "
+                                   f"(default: analyses/<run>/...)")
+    return out
+
+
+def weights_of_run(run_dir: str | Path, out_dir: str | Path, *,
+                   threshold: float = DEFAULT_THRESHOLD) -> WeightStatistics:
+    """:func:`layer_statistics` of a run's final weights, distances taken from its ``initial.pt``,
+    written to ``out_dir`` (:func:`write_weight_statistics`). ``run_dir`` may also be a weights
+    file; then, or when a run directory has no ``initial.pt``, distances are left out (with a warning)."""
+    import warnings
+
+    from minimascope.models import read_weights
+    from minimascope.runs import INITIAL_WEIGHTS
+
+    run = Path(run_dir)
+    out = check_analysis_folder(out_dir)
+    final = read_weights(run)
+    initial = None
+    if (run / INITIAL_WEIGHTS).is_file():
+        initial = read_weights(run / INITIAL_WEIGHTS)
+        if initial["arch"] != final["arch"]:
+            raise MinimascopeError(f"{run / INITIAL_WEIGHTS} holds a {initial['arch']} network, final.pt a "
+                                   f"{final['arch']}")
+    else:
+        warnings.warn(f"{run} has no {INITIAL_WEIGHTS}: distances from the initial weights are left out",
+                      stacklevel=2)
+    stats = layer_statistics(final["state_dict"], None if initial is None else initial["state_dict"],
+                             threshold=threshold, label=run.resolve().name if run.is_dir() else run.stem)
+    write_weight_statistics(stats, out)
+    return stats

@@ -235,3 +235,44 @@ def connectivity_figure(result: Connectivity, path: str | Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, *, points: int = 11,
+                         images: int = 1000, align: bool = True, bn_modes: Sequence[str] = BN_MODES,
+                         data_source: str | None = None, device: str = "auto", seed: int = 0,
+                         batch_size: int = 500) -> Connectivity:
+    """:func:`linear_connectivity` between two runs' final networks (run directories or weights files) on
+    class-balanced subsets of ``images`` CIFAR-10 training and ``images`` test images (drawn with ``seed``;
+    batch-norm statistics are recomputed from the same training images), written to ``out_dir``. Both runs
+    must have been trained on identically normalised inputs: between two normalisations no path means
+    anything."""
+    from minimascope import data, models
+    from minimascope.analysis.weights import check_analysis_folder
+    from minimascope.env import resolve_device
+    from minimascope.landscape.hessian import balanced_inputs
+
+    out = check_analysis_folder(out_dir)
+    torch_device = resolve_device(device)
+    path_a, path_b = Path(run_a).resolve(), Path(run_b).resolve()
+    model_a, payload_a = models.load_trained(path_a)
+    model_b, payload_b = models.load_trained(path_b)
+    if payload_a["normalization"] != payload_b["normalization"]:
+        raise MinimascopeError(f"{path_a.name} and {path_b.name} were trained on differently normalised inputs; "
+                               f"a path between them has no input that suits both")
+    data_key = data.content_key(data_source)
+    cifar = data.load_cifar10(data_source)
+    train_images, train_labels = balanced_inputs(payload_a, cifar.train_images, cifar.train_labels,
+                                                 min(images, len(cifar.train_labels)), seed)
+    test_images, test_labels = balanced_inputs(payload_a, cifar.test_images, cifar.test_labels,
+                                               min(images, len(cifar.test_labels)), seed)
+    labels = (path_a.name, path_b.name) if path_a.name != path_b.name else (f"A {path_a.name}", f"B {path_b.name}")
+    result = linear_connectivity(model_a.to(torch_device), model_b.to(torch_device), train_images, train_labels,
+                                 test_images, test_labels, points=points, bn_modes=bn_modes, align=align,
+                                 batch_size=batch_size, device=torch_device, seed=seed, labels=labels)
+    source = {"run_a": str(path_a), "run_b": str(path_b), "data": data_key,
+              "images": f"class-balanced subsets (seed {seed}) of the CIFAR-10 train and test sets; batch-norm "
+                        f"statistics recomputed from the same train images"}
+    result = Connectivity(result.alphas, result.curves, result.n_train, result.n_test, result.labels,
+                          {**result.settings, **source})
+    write_connectivity(result, out)
+    return result

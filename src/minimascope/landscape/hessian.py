@@ -34,7 +34,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -452,3 +452,50 @@ def density_figure(density: Density, path: str | Path, *, title: str, points: in
     figure.savefig(buffer, format="png", dpi=120)
     atomic_write_bytes(path, buffer.getvalue())
 
+
+
+# ----------------------------------------------------------------------------- a run's sharpness, on disk
+
+
+def balanced_inputs(payload: dict[str, Any], images: Tensor, labels: Tensor, size: int,
+                    seed: int) -> tuple[Tensor, Tensor]:
+    """A class-balanced subset of ``size`` uint8 images (all when ``size`` is their number), normalised
+    the way the network of ``payload`` (a weights payload) was trained, with its labels."""
+    from minimascope import data
+
+    if not 1 <= size <= len(labels):
+        raise MinimascopeError(f"--images must be in 1..{len(labels)}, got {size}")
+    if size < len(labels):
+        index = data.balanced_subset(labels, size, seed=seed)
+        images, labels = images[index], labels[index]
+    normalization = data.Normalization(**{k: tuple(v) for k, v in payload["normalization"].items()})
+    return normalization(images), labels
+
+
+def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 1000, data_source: str | None = None,
+                     device: str = "auto", seed: int = 0, k: int = 3, tol: float = 1e-3, max_iter: int = 100,
+                     rel_error: float = 1e-2, max_probes: int = 1000, density_steps: int = 64,
+                     batch_size: int = DEFAULT_BATCH_SIZE) -> Sharpness:
+    """:func:`sharpness` of a run's final network (run directory or weights file) on a class-balanced
+    subset of ``images`` CIFAR-10 TRAINING images (drawn with ``seed``; the training loss is the one the
+    optimizer minimised), normalised as the run was trained; written to ``out_dir`` with the images
+    used stated in the JSON's settings."""
+    from minimascope import data, models
+    from minimascope.analysis.weights import check_analysis_folder
+    from minimascope.env import resolve_device
+
+    out = check_analysis_folder(out_dir)
+    torch_device = resolve_device(device)
+    model, payload = models.load_trained(run_dir)
+    data_key = data.content_key(data_source)
+    cifar = data.load_cifar10(data_source)
+    inputs, labels = balanced_inputs(payload, cifar.train_images, cifar.train_labels, images, seed)
+    result = sharpness(model.to(torch_device), inputs, labels, k=k, tol=tol, max_iter=max_iter, rel_error=rel_error,
+                       min_probes=min(10, max_probes), max_probes=max_probes, density_steps=density_steps, seed=seed,
+                       batch_size=batch_size, device=torch_device)
+    source = {"run": str(Path(run_dir).resolve()), "images": "train", "n_images": len(labels),
+              "subset": f"class-balanced, seed {seed}" if len(labels) < len(cifar.train_labels) else "all",
+              "data": data_key, "mode": "eval (batch norm with running statistics)"}
+    result = replace(result, settings={**result.settings, **source})
+    write_sharpness(result, out)
+    return result

@@ -304,3 +304,142 @@ def filters_figure(kernels: Mapping[str, np.ndarray], path: Path, *, scale: floa
     if image is not None:
         figure.colorbar(image, cax=grid.colorbar_axes(figure)).set_label("weight", fontsize=8)
     return save(figure, path)
+
+
+# ---------------------------------------------------------------- minima: sharpness, paths, weights, mistakes
+
+@dataclass(frozen=True)
+class SeedValues:
+    """One arm's (or pair's) value of a scalar, one per seed."""
+
+    label: str
+    colour: str
+    values: Sequence[float]
+
+
+def seed_points_figure(panels: Sequence[tuple[str, Sequence[SeedValues]]], path: Path) -> Path:
+    """One panel per scalar: each arm's seeds as dots and their mean as a bar; log y when the values
+    span decades."""
+    figure = new_figure(max(3.2, 0.5 * max(len(p) for _, p in panels) + 1.5) * len(panels), 4.0)
+    for axes, (title, groups) in zip(figure.subplots(1, len(panels), squeeze=False).ravel(), panels):
+        for x, group in enumerate(groups):
+            values = np.asarray(group.values, dtype=float)
+            axes.bar(x, values.mean(), color=group.colour, alpha=0.35, width=0.7)
+            axes.plot(np.full(values.shape, x), values, "o", color=group.colour, ms=4)
+        axes.set_xticks(range(len(groups)), [g.label for g in groups], rotation=45, ha="right", fontsize=7)
+        every = np.concatenate([np.asarray(g.values, dtype=float) for g in groups]) if groups else np.array([])
+        if spans_decades(every) and (every > 0).all():
+            axes.set_yscale("log")
+        axes.set_title(title, fontsize=9)
+        axes.grid(axis="y", alpha=0.3, lw=0.5)
+    return save(figure, path)
+
+
+@dataclass(frozen=True)
+class DensityLine:
+    label: str
+    colour: str
+    grid: np.ndarray
+    values: np.ndarray
+
+
+def density_lines_figure(lines: Sequence[DensityLine], path: Path) -> Path:
+    """Smoothed Hessian eigenvalue densities on one log-y axes, one line per arm and seed."""
+    figure = new_figure(7.0, 4.0)
+    axes = figure.add_subplot()
+    labelled: set[str] = set()
+    for line in lines:
+        axes.semilogy(line.grid, line.values, color=line.colour, lw=1,
+                      label=None if line.label in labelled else line.label)
+        labelled.add(line.label)
+    axes.set_xlabel("eigenvalue")
+    axes.set_ylabel("density (Gaussian kernel, 1% of each spectrum's span)")
+    axes.grid(alpha=0.3, lw=0.5)
+    axes.legend(fontsize=7)
+    return save(figure, path)
+
+
+@dataclass(frozen=True)
+class PathLines:
+    """One pair's curves along alpha: variant → metric → (seeds, points)."""
+
+    title: str
+    alphas: np.ndarray
+    variants: dict[str, dict[str, np.ndarray]]
+
+
+def paths_figure(pairs: Sequence[PathLines], path: Path, metrics: Sequence[tuple[str, str]]) -> Path:
+    """Rows = pairs, columns = metrics; one colour per batch-norm variant, mean over seeds with a
+    lowest–highest band."""
+    figure = new_figure(4.2 * len(metrics), 3.2 * len(pairs))
+    grid = figure.subplots(len(pairs), len(metrics), squeeze=False)
+    for row, pair in zip(grid, pairs):
+        for axes, (metric, label) in zip(row, metrics):
+            for index, (variant, values) in enumerate(pair.variants.items()):
+                mean, low, high = seed_band(values[metric])
+                axes.plot(pair.alphas, mean, color=f"C{index}", marker=".", ms=3, lw=1.2, label=variant)
+                if values[metric].shape[0] > 1:
+                    axes.fill_between(pair.alphas, low, high, color=f"C{index}", alpha=0.15, lw=0)
+            axes.set_title(f"{pair.title}: {label}", fontsize=8)
+            axes.set_xlabel("alpha (0 = first arm, 1 = second)", fontsize=7)
+            axes.grid(alpha=0.3, lw=0.5)
+        row[0].legend(fontsize=6)
+    return save(figure, path)
+
+
+def layer_profiles_figure(panels: Sequence[tuple[str, Sequence[Profile]]], path: Path, *, columns: int = 3) -> Path:
+    """One panel per per-layer measure along the depth: one line per arm (mean over seeds, band from
+    the lowest to the highest seed); log y when a panel's values span decades."""
+    rows = math.ceil(len(panels) / columns)
+    figure = new_figure(4.6 * min(columns, len(panels)), 3.6 * rows)
+    axes_list = figure.subplots(rows, min(columns, len(panels)), squeeze=False).ravel()
+    handles: dict[str, object] = {}
+    for axes, (title, profiles) in zip(axes_list, panels):
+        for profile in profiles:
+            mean, low, high = seed_band(profile.per_seed)
+            x = np.arange(len(profile.layers))
+            axes.plot(x, mean, color=profile.colour, lw=1.2, marker=".", ms=3, label=profile.label)
+            if profile.per_seed.shape[0] > 1:
+                axes.fill_between(x, low, high, color=profile.colour, alpha=0.15, lw=0)
+        layers = max((p.layers for p in profiles), key=len, default=())
+        axes.set_xticks(range(len(layers)), layers, rotation=90, fontsize=5)
+        every = np.concatenate([p.per_seed.ravel() for p in profiles]) if profiles else np.array([])
+        if spans_decades(every) and (every[np.isfinite(every)] > 0).all():
+            axes.set_yscale("log")
+        axes.set_title(title, fontsize=9)
+        axes.grid(alpha=0.3, lw=0.5)
+        for handle, label in zip(*axes.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    for axes in axes_list[len(panels):]:
+        axes.set_axis_off()
+    if handles:
+        figure.legend(list(handles.values()), list(handles), loc="outside lower center",
+                      ncols=min(5, len(handles)), fontsize=7, frameon=False)
+    return save(figure, path)
+
+
+@dataclass(frozen=True)
+class ClassErrors:
+    """One pair's per-class error rates (mean over seeds)."""
+
+    title: str
+    class_names: tuple[str, ...]
+    label_a: str
+    label_b: str
+    rate_a: np.ndarray
+    rate_b: np.ndarray
+
+
+def class_errors_figure(pairs: Sequence[ClassErrors], path: Path) -> Path:
+    """Per pair, each class's test error rate of the two arms side by side."""
+    figure = new_figure(7.0, 2.8 * len(pairs))
+    for axes, pair in zip(figure.subplots(len(pairs), 1, squeeze=False).ravel(), pairs):
+        x = np.arange(len(pair.class_names))
+        axes.bar(x - 0.2, pair.rate_a, width=0.4, label=pair.label_a, color="C0")
+        axes.bar(x + 0.2, pair.rate_b, width=0.4, label=pair.label_b, color="C1")
+        axes.set_xticks(x, pair.class_names, fontsize=7)
+        axes.set_ylabel("test error rate", fontsize=8)
+        axes.set_title(pair.title, fontsize=9)
+        axes.legend(fontsize=7)
+        axes.grid(axis="y", alpha=0.3, lw=0.5)
+    return save(figure, path)

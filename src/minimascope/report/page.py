@@ -32,7 +32,7 @@ from matplotlib.colors import to_hex
 
 from minimascope import __version__
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_text
+from minimascope.io import atomic_write_bytes, atomic_write_text
 from minimascope.models import read_weights
 from minimascope.report import claims, figures
 from minimascope.report.results import Comparison, RunResult, Study, read_study
@@ -685,6 +685,312 @@ def claims_section(ctx: Context) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- 8.–11. minima: sharpness, paths, weights, mistakes
+
+def _analysis_missing(study: Study, kind: str) -> list[str]:
+    """Each analysis node of ``kind`` that has no result, with why; or that the study has none."""
+    nodes = study.analysis_nodes(kind)
+    if not nodes:
+        return [f"no {kind} nodes in this study's study.json"]
+    return [f"{kind} {a.label} seed {a.seed}: " + (a.problem or a.status + (f" ({a.reason})" if a.reason else ""))
+            for a in nodes if a.result is None]
+
+
+def _by_arms(analyses: Sequence[Any]) -> dict[tuple[str, ...], list[Any]]:
+    """Analyses grouped by their arm (or pair of arms), in node order, each group in seed order."""
+    groups: dict[tuple[str, ...], list[Any]] = {}
+    for analysis in analyses:
+        groups.setdefault(analysis.arms, []).append(analysis)
+    return {arms: sorted(group, key=lambda a: a.seed) for arms, group in groups.items()}
+
+
+def _cells(values: Sequence[float], fmt: str = "{:.4g}") -> dict[str, str]:
+    return _ci_cells([v for v in values if v is not None and math.isfinite(v)], fmt)
+
+
+def _images_text(counts: set[Any], what: str) -> str:
+    return f"{', '.join(map(str, sorted(counts))) or '?'} {what}"
+
+
+def sharpness_section(ctx: Context) -> dict[str, Any]:
+    import torch  # the library's smoothing, so the page draws what `sharpness` draws
+
+    from minimascope.landscape.hessian import smooth_density
+
+    study = ctx.study
+    groups = _by_arms(study.completed_analyses("sharpness"))
+    rows, lines, points = [], [], {"top eigenvalue λ1": [], "trace (Hutchinson)": []}
+    images, sources = set(), set()
+    for (arm,), analyses in groups.items():
+        results = [a.result for a in analyses]
+        images |= {r.n_images for r in results}
+        sources |= {str(r.settings.get("images", "?")) for r in results}
+        k = min(len(r.eigenvalues.values) for r in results)
+        top = [r.eigenvalues.values[0] for r in results]
+        traces = [r.trace.value for r in results]
+        unconverged = [f"seed {a.seed}" for a in analyses if not (a.result.eigenvalues.converged
+                                                                  and a.result.trace.converged)]
+        rows.append({"arm": arm, "seeds": ", ".join(str(a.seed) for a in analyses),
+                     "eigenvalues": [_cells([r.eigenvalues.values[i] for r in results]) for i in range(k)],
+                     "trace": _cells(traces),
+                     "trace_stderr": ", ".join(f"{r.trace.stderr:.2g} ({r.trace.probes} probes)" for r in results),
+                     "ratio": _cells([r.eigenvalues.values[0] / r.trace.value for r in results
+                                      if r.trace.value != 0], "{:.3g}"),
+                     "unconverged": ", ".join(unconverged)})
+        points["top eigenvalue λ1"].append(figures.SeedValues(arm, ctx.arm_colour(arm), top))
+        points["trace (Hutchinson)"].append(figures.SeedValues(arm, ctx.arm_colour(arm), traces))
+        for result in results:
+            nodes = np.asarray(result.density.nodes, dtype=float)
+            span = max(float(nodes.max() - nodes.min()), 1e-12 * max(abs(float(nodes.max())), 1.0))
+            grid = np.linspace(nodes.min() - 0.05 * span, nodes.max() + 0.05 * span, 400)
+            values = smooth_density(torch.tensor(nodes), torch.tensor(result.density.weights, dtype=torch.float64),
+                                    torch.tensor(grid), 0.01 * span).clamp_min(1e-12).numpy()
+            lines.append(figures.DensityLine(arm, ctx.arm_colour(arm), grid, values))
+    figure_list = []
+    if rows:
+        figure_list.append({"src": figures.seed_points_figure(list(points.items()), ctx.out / "sharpness.svg").name,
+                            "alt": "top Hessian eigenvalue and trace of each arm, one dot per seed",
+                            "caption": "Dots: seeds; bar: their mean. Larger = sharper minimum."})
+        figure_list.append({"src": figures.density_lines_figure(lines, ctx.out / "sharpness-density.svg").name,
+                            "alt": "Hessian eigenvalue density of each arm and seed",
+                            "caption": "Stochastic Lanczos quadrature, smoothed; one line per seed, coloured by arm. "
+                                       "Log scale: the bulk near 0 and the outliers differ by orders of magnitude."})
+    return {
+        "data_used": f"analyses/sharpness/<arm>/seed<k>/sharpness.json; loss = mean cross-entropy over "
+                     f"{_images_text(images, 'CIFAR-10 ' + ('/'.join(sorted(sources)) or 'train') + ' images')} "
+                     f"(class-balanced subset) at each run's final weights, in eval mode (batch norm with running "
+                     f"statistics, so the loss is a function of the weights alone)",
+        "missing": _analysis_missing(study, "sharpness"),
+        "rows": rows, "k": max((len(r["eigenvalues"]) for r in rows), default=0), "figures": figure_list,
+    }
+
+
+CONNECTIVITY_METRICS = (("train_loss", "train loss"), ("test_error", "test error"))
+
+
+def connectivity_section(ctx: Context) -> dict[str, Any]:
+    study = ctx.study
+    groups = _by_arms(study.completed_analyses("connectivity"))
+    rows, pairs, sizes = [], [], set()
+    for arms, analyses in groups.items():
+        results = [a.result for a in analyses]
+        sizes |= {(r.n_train, r.n_test, r.settings.get("points", len(r.alphas))) for r in results}
+        label = PAIR_RULE.join(arms)
+        alphas = results[0].alphas
+        same = [r for r in results if r.alphas == alphas]
+        variants = list(dict.fromkeys(c.variant for r in same for c in r.curves))
+        curves: dict[str, dict[str, np.ndarray]] = {}
+        for variant in variants:
+            having = [r.curve(variant) for r in same if variant in {c.variant for c in r.curves}]
+            curves[variant] = {m: np.array([getattr(c, m) for c in having]) for m, _ in CONNECTIVITY_METRICS}
+            barriers = [c.barriers() for c in having]
+            rows.append({"pair": label, "variant": variant, "seeds": len(having),
+                         **{metric: _cells([b[metric] for b in barriers]) for metric in
+                            ("train_loss", "train_error", "test_loss", "test_error")}})
+        pairs.append(figures.PathLines(label, np.asarray(alphas), curves))
+    figure = None
+    if pairs:
+        figure = {"src": figures.paths_figure(pairs, ctx.out / "connectivity.svg", CONNECTIVITY_METRICS).name,
+                  "alt": "train loss and test error along the straight line between the two arms' weights",
+                  "caption": "Each row: one pair of arms. Lines: batch-norm variants (interpolate: running statistics "
+                             "interpolated with the weights; recompute: recomputed from training images at each point; "
+                             "+matched: B's channels first permuted onto A's by weight matching). Mean over seeds, "
+                             "band from the lowest to the highest seed."}
+    sizes_text = "; ".join(f"{n_train} train and {n_test} test images, {points} points"
+                           for n_train, n_test, points in sorted(sizes)) or "?"
+    return {
+        "data_used": f"analyses/connectivity/<a>_vs_<b>/seed<k>/connectivity.json; {sizes_text} (class-balanced "
+                     f"subsets of the CIFAR-10 train and test sets); same-seed networks of the two arms",
+        "missing": _analysis_missing(study, "connectivity"), "rows": rows, "figure": figure,
+    }
+
+
+WEIGHT_MEASURES = (("relative_distance_from_init", "‖W − W₀‖ / ‖W₀‖"), ("frobenius_norm", "Frobenius norm ‖W‖"),
+                   ("effective_rank", "effective rank (Roy & Vetterli)"), ("stable_rank", "stable rank ‖W‖²/σ²max"),
+                   ("small_weight_share", "share of |w| below the threshold"))
+WEIGHTS_CSV = "weights.csv"
+
+
+def _weights_csv(groups: dict[tuple[str, ...], list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["arm", "seed", "layer", "shape", *(m for m, _ in WEIGHT_MEASURES), "distance_from_init",
+                     "sigma_max", "threshold"])
+    for (arm,), analyses in groups.items():
+        for analysis in analyses:
+            for layer in analysis.result.layers:
+                values = [getattr(layer, m) for m, _ in WEIGHT_MEASURES] + [layer.distance_from_init,
+                                                                            layer.singular_values[0]]
+                writer.writerow([arm, analysis.seed, layer.layer, "x".join(map(str, layer.shape)),
+                                 *("" if v is None or not math.isfinite(v) else repr(float(v)) for v in values),
+                                 analysis.result.threshold])
+    return buffer.getvalue()
+
+
+def weights_section(ctx: Context) -> dict[str, Any]:
+    study = ctx.study
+    groups = _by_arms(study.completed_analyses("weights"))
+    panels: dict[str, list[figures.Profile]] = {label: [] for _, label in WEIGHT_MEASURES}
+    rows, thresholds, missing = [], set(), []
+    for (arm,), analyses in groups.items():
+        layers = tuple(layer.layer for layer in analyses[0].result.layers)
+        same = [a for a in analyses if tuple(layer.layer for layer in a.result.layers) == layers]
+        thresholds |= {a.result.threshold for a in same}
+        if not all(a.result.has_initial for a in same):
+            missing.append(f"{arm}: no initial weights recorded, so no distance from init")
+        row = {"arm": arm, "seeds": ", ".join(str(a.seed) for a in same), "layers": len(layers), "values": []}
+        for measure, label in WEIGHT_MEASURES:
+            per_seed = np.array([[math.nan if getattr(layer, measure) is None else getattr(layer, measure)
+                                  for layer in a.result.layers] for a in same], dtype=float)
+            if np.isfinite(per_seed).any():
+                panels[label].append(figures.Profile(arm, ctx.arm_colour(arm), layers, per_seed))
+            row["values"].append(_cells([float(np.nanmean(seed)) for seed in per_seed if np.isfinite(seed).any()],
+                                        "{:.3g}"))
+        rows.append(row)
+    figure = None
+    shown = [(label, profiles) for label, profiles in panels.items() if profiles]
+    if shown:
+        figure = {"src": figures.layer_profiles_figure(shown, ctx.out / "weights.svg").name,
+                  "alt": "per-layer weight statistics along the depth, one line per arm",
+                  "caption": "Every conv and linear layer (conv kernels as out × in·kh·kw matrices) of each arm's "
+                             "final weights, in forward order. Line: mean over seeds; band: lowest to highest seed."}
+        atomic_write_text(ctx.out / WEIGHTS_CSV, _weights_csv(groups))
+    return {
+        "data_used": f"analyses/weights/<arm>/seed<k>/weights.json (final.pt against initial.pt of each run; no "
+                     f"images); small weights: |w| below {', '.join(f'{t:g}' for t in sorted(thresholds)) or '?'}",
+        "missing": _analysis_missing(study, "weights") + missing, "rows": rows,
+        "measures": [label for _, label in WEIGHT_MEASURES], "figure": figure,
+        "csv": WEIGHTS_CSV if shown else None,
+    }
+
+
+def mistakes_section(ctx: Context) -> dict[str, Any]:
+    study = ctx.study
+    groups = _by_arms(study.completed_analyses("mistakes"))
+    rows, class_pairs, grids, sizes = [], [], [], set()
+    for arms, analyses in groups.items():
+        label = PAIR_RULE.join(arms)
+        for analysis in analyses:
+            c = analysis.result
+            sizes.add(c.n)
+            rows.append({"pair": label, "seed": analysis.seed, "n": c.n, "errors_a": c.errors_a,
+                         "errors_b": c.errors_b, "both": c.both_wrong, "expected": f"{c.expected_both_wrong:.1f}",
+                         "only_a": c.only_a_wrong, "only_b": c.only_b_wrong,
+                         "kappa": "—" if math.isnan(c.kappa) else f"{c.kappa:.3f}",
+                         "p_more": f"{c.p_value_more_overlap:.3g}"})
+        first = analyses[0].result
+        same = [a.result for a in analyses if a.result.class_names == first.class_names]
+        class_pairs.append(figures.ClassErrors(
+            label, first.class_names, arms[0], arms[1],
+            np.mean([[k.error_rate_a for k in r.per_class] for r in same], axis=0),
+            np.mean([[k.error_rate_b for k in r.per_class] for r in same], axis=0)))
+        for name, who in (("only_a.png", arms[0]), ("only_b.png", arms[1])):
+            source = analyses[0].path / name
+            if source.is_file():
+                target = ctx.out / f"mistakes-{'_vs_'.join(arms)}-{name}"
+                atomic_write_bytes(target, source.read_bytes())
+                grids.append({"src": target.name, "alt": f"test images only {who} gets wrong ({label})",
+                              "caption": f"{label}, seed {analyses[0].seed}: test images only {who} gets wrong, with "
+                                         f"the true class and both predictions (at most 64, drawn at random)."})
+    figure = None
+    if class_pairs:
+        figure = {"src": figures.class_errors_figure(class_pairs, ctx.out / "mistakes-classes.svg").name,
+                  "alt": "test error rate per class of both arms of each pair",
+                  "caption": "Per class, the test error rate of each arm (mean over seeds)."}
+    return {
+        "data_used": f"analyses/mistakes/<a>_vs_<b>/seed<k>/mistakes.json (each run's final predictions, "
+                     f"predictions.pt); {_images_text(sizes, 'CIFAR-10 test images')} per comparison",
+        "missing": _analysis_missing(study, "mistakes"), "rows": rows, "figure": figure, "grids": grids,
+    }
+
+
+# ---------------------------------------------------------------- 12. seed statistics
+
+SCALARS = (("test accuracy", "runs"), ("top eigenvalue λ1", "sharpness"), ("Hessian trace", "sharpness"))
+ALPHA = 0.05
+
+
+def _scalar_values(study: Study, arm: str, name: str) -> list[float]:
+    if name == "test accuracy":
+        return study.values(arm, "test_accuracy")
+    results = [a.result for a in study.completed_analyses("sharpness") if a.arms == (arm,)]
+    return [r.eigenvalues.values[0] if name == "top eigenvalue λ1" else r.trace.value for r in results]
+
+
+def seeds_section(ctx: Context) -> dict[str, Any]:
+    from minimascope.analysis.seeds import (
+        layer_values,
+        optimizer_effect_tests,
+        permutation_test,
+        write_optimizer_effect_tests,
+    )
+
+    study = ctx.study
+    within_of = {}
+    for arm in study.arms:
+        matrices = [m for c in study.seed_comparisons if c.arm == arm and c.status == "completed"
+                    for m in c.matrices.values()]
+        if matrices:
+            within_of[arm] = layer_values(matrices)
+    missing, tables, scalars = [], [], []
+    if len(study.seeds) < 2:
+        missing.append(f"one seed only ({', '.join(map(str, study.seeds)) or 'none'}): nothing to hold a "
+                       f"difference against")
+    if not study.seed_comparisons:
+        missing.append("no cross-seed comparisons (comparisons/<arm>_vs_<arm>/seed<i>-seed<j>) in this study")
+    missing += [f"cross-seed comparison {c.arm} seeds {c.seeds[0]}-{c.seeds[1]}: {c.status}"
+                + (f" ({c.reason})" if c.reason else "") for c in study.seed_comparisons if c.status != "completed"]
+    for arm_a, arm_b in [p for p in study.pairs() if p[0] != p[1]]:
+        if arm_a not in within_of and arm_b not in within_of:
+            continue
+        across = layer_values([m for c in study.pair_comparisons(arm_a, arm_b) for m in c.matrices.values()])
+        within: dict[tuple[str, str], list[float]] = {}
+        for arm in (arm_a, arm_b):
+            for key, values in within_of.get(arm, {}).items():
+                within.setdefault(key, []).extend(values)
+        keys = [key for key in within if key in across]
+        if not keys:
+            missing.append(f"{arm_a}{PAIR_RULE}{arm_b}: no measure and layer with both kinds of comparison")
+            continue
+        tests = optimizer_effect_tests({k: within[k] for k in keys}, {k: across[k] for k in keys})
+        folder = ctx.out / f"seeds-{arm_a}_vs_{arm_b}"
+        write_optimizer_effect_tests(tests, folder)
+        tables.append({
+            "pair": f"{arm_a}{PAIR_RULE}{arm_b}", "csv": f"{folder.name}/seeds.csv",
+            "within_arms": ", ".join(a for a in (arm_a, arm_b) if a in within_of),
+            "significant": sum(t.test.p_value < ALPHA for t in tests), "count": len(tests),
+            "rows": [{"measure": t.measure, "kind": t.kind, "layer": t.layer,
+                      "within": _interval_text(t.within), "across": _interval_text(t.across),
+                      "statistic": f"{t.test.statistic:+.3g}", "p": f"{t.test.p_value:.3g}",
+                      "significant": t.test.p_value < ALPHA,
+                      "method": f"{t.test.method}, {t.test.n_arrangements} arrangements"} for t in tests]})
+        for name, _ in SCALARS:
+            a_values, b_values = _scalar_values(study, arm_a, name), _scalar_values(study, arm_b, name)
+            if len(a_values) < 2 or len(b_values) < 2:
+                continue
+            test = permutation_test(a_values, b_values, alternative="two-sided")
+            scalars.append({"pair": f"{arm_a}{PAIR_RULE}{arm_b}", "name": name,
+                            "a": _cells(a_values), "b": _cells(b_values), "statistic": f"{test.statistic:+.4g}",
+                            "p": f"{test.p_value:.3g}", "significant": test.p_value < ALPHA,
+                            "method": f"{test.method}, {test.n_arrangements} arrangements"})
+    if tables and not any(n.arms[0] == n.arms[-1] for n in study.analysis_nodes("connectivity")):
+        missing.append("barrier: no connectivity between two seeds of one arm, so the barrier between arms "
+                       "cannot be held against seed noise")
+    return {
+        "data_used": f"comparisons/<a>_vs_<b>/seed<k>/<measure>.json (across arms, same seed) and "
+                     f"comparisons/<arm>_vs_<arm>/seed<i>-seed<j>/<measure>.json (two seeds of one arm), layer i "
+                     f"with layer i; summary.csv and sharpness.json for the scalars; seeds "
+                     f"{', '.join(map(str, study.seeds)) or '—'}",
+        "missing": missing, "tables": tables, "scalars": scalars, "alpha": ALPHA,
+    }
+
+
+def _interval_text(interval: Any) -> str:
+    if interval.n < 2:
+        return f"{interval.mean:.3f} (n = 1)"
+    return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}] (n = {interval.n})"
+
+
 SECTIONS = (
     Section("study", "The study", study_section),
     Section("table", "Table II: accuracy, loss and time per arm", table_section),
@@ -693,6 +999,11 @@ SECTIONS = (
     Section("similarity", "Similarity of layers (the seed's Figs 5–7)", similarity_section),
     Section("filters", "Filters (the seed's Figs 8–9)", filters_section),
     Section("claims", "The seed's claims, checked", claims_section),
+    Section("sharpness", "Sharpness: Hessian eigenvalues and trace", sharpness_section),
+    Section("connectivity", "Connectivity: the straight path between minima", connectivity_section),
+    Section("weights", "Weights: norms, ranks and spectra per layer", weights_section),
+    Section("mistakes", "Mistakes: which test images each arm gets wrong", mistakes_section),
+    Section("seeds", "Seed statistics: optimizer against seed", seeds_section),
 )
 
 

@@ -85,12 +85,56 @@ class Comparison:
 
 
 @dataclass
+class SeedComparison:
+    """One cross-seed compare node: seed i of an arm against seed j of the same arm."""
+
+    arm: str
+    seeds: tuple[int, int]
+    status: str
+    reason: str | None
+    path: Path
+    matrices: dict[str, SimilarityMatrix] = field(default_factory=dict)
+
+
+# Analysis node kinds: where the study writes each (STUDY_FORMAT.md), the file the report reads, its reader.
+ANALYSIS_KINDS = ("sharpness", "weights", "connectivity", "mistakes")
+PER_RUN = ("sharpness", "weights")  # the others are per compared pair
+
+
+@dataclass
+class Analysis:
+    """One analysis node: per run (``arms`` = (arm,)) or per pair of arms, one seed; ``result`` is what
+    the kind's reader returns (Sharpness, WeightStatistics, Connectivity, MistakeComparison)."""
+
+    kind: str
+    arms: tuple[str, ...]
+    seed: int
+    status: str
+    reason: str | None
+    path: Path
+    result: Any = None
+    problem: str | None = None  # why a completed node's result could not be read
+
+    @property
+    def label(self) -> str:
+        return " vs ".join(self.arms)
+
+
+@dataclass
 class Study:
     root: Path
     record: dict[str, Any]  # study.json as written
     runs: dict[tuple[str, int], RunResult]
     comparisons: list[Comparison]
     missing: list[str]  # "<relative path>: <why>" for every expected file that could not be read
+    seed_comparisons: list[SeedComparison] = field(default_factory=list)
+    analyses: dict[str, list[Analysis]] = field(default_factory=dict)  # kind → nodes, in study.json's order
+
+    def analysis_nodes(self, kind: str) -> list[Analysis]:
+        return self.analyses.get(kind, [])
+
+    def completed_analyses(self, kind: str) -> list[Analysis]:
+        return [a for a in self.analysis_nodes(kind) if a.result is not None]
 
     @property
     def name(self) -> str:
@@ -227,18 +271,65 @@ def _comparison(node: dict[str, Any], root: Path, measures: Iterable[str], missi
     seed = int(node["seed"])
     comparison = Comparison(arm_a, arm_b, seed, str(node.get("status", "pending")), node.get("reason"),
                             root / node.get("path", f"comparisons/{arm_a}_vs_{arm_b}/seed{seed}"))
-    if comparison.status != "completed":
-        return comparison
-    for measure in measures or sorted(p.stem for p in comparison.path.glob("*.json")):
-        path = comparison.path / f"{measure}.json"
-        if not path.is_file():
-            missing.append(f"{_relative(path, root)}: not found")
+    if comparison.status == "completed":
+        comparison.matrices = _read_matrices(comparison.path, root, measures, missing)
+    return comparison
+
+
+def _read_matrices(path: Path, root: Path, measures: Iterable[str], missing: list[str]) -> dict[str, SimilarityMatrix]:
+    matrices = {}
+    for measure in measures or sorted(p.stem for p in path.glob("*.json") if p.name != "comparison.json"):
+        file = path / f"{measure}.json"
+        if not file.is_file():
+            missing.append(f"{_relative(file, root)}: not found")
             continue
         try:
-            comparison.matrices[measure] = read_similarity(path)
+            matrices[measure] = read_similarity(file)
         except MinimascopeError as exc:
             missing.append(_missing(exc, root))
+    return matrices
+
+
+def _seed_comparison(node: dict[str, Any], root: Path, measures: Iterable[str], missing: list[str]) -> SeedComparison:
+    arm = str(node["arms"][0])
+    seed_i, seed_j = (int(s) for s in node["seeds"])
+    comparison = SeedComparison(arm, (seed_i, seed_j), str(node.get("status", "pending")), node.get("reason"),
+                                root / node.get("path", f"comparisons/{arm}_vs_{arm}/seed{seed_i}-seed{seed_j}"))
+    if comparison.status == "completed":
+        comparison.matrices = _read_matrices(comparison.path, root, measures, missing)
     return comparison
+
+
+def _reader(kind: str) -> tuple[str, Any]:
+    """The result file of an analysis kind and its reader (imported here: each pulls its own module)."""
+    if kind == "sharpness":
+        from minimascope.landscape.hessian import SHARPNESS_JSON, read_sharpness
+        return SHARPNESS_JSON, read_sharpness
+    if kind == "weights":
+        from minimascope.analysis.weights import WEIGHTS_JSON, read_weight_statistics
+        return WEIGHTS_JSON, read_weight_statistics
+    if kind == "connectivity":
+        from minimascope.landscape.connectivity import CONNECTIVITY_JSON, read_connectivity
+        return CONNECTIVITY_JSON, read_connectivity
+    from minimascope.analysis.mistakes import MISTAKES_JSON, read_mistakes
+    return MISTAKES_JSON, read_mistakes
+
+
+def _analysis(node: dict[str, Any], root: Path) -> Analysis:
+    kind = str(node["kind"])
+    arms = (str(node["arm"]),) if kind in PER_RUN else tuple(str(a) for a in node["arms"])
+    seed = int(node["seed"])
+    default = f"analyses/{kind}/{'_vs_'.join(arms)}/seed{seed}"
+    analysis = Analysis(kind, arms, seed, str(node.get("status", "pending")), node.get("reason"),
+                        root / node.get("path", default))
+    if analysis.status != "completed":
+        return analysis
+    name, reader = _reader(kind)
+    try:
+        analysis.result = reader(analysis.path / name)
+    except MinimascopeError as exc:
+        analysis.problem = _missing(exc, root)
+    return analysis
 
 
 def read_study(study_dir: str | Path) -> Study:
@@ -263,5 +354,12 @@ def read_study(study_dir: str | Path) -> Study:
             run = _run_result(node, root, summary, missing)
             runs[(run.arm, run.seed)] = run
     measures = record.get("compare", {}).get("measures") or []  # none listed: whatever each folder holds
-    comparisons = [_comparison(n, root, measures, missing) for n in nodes if n.get("kind") == "compare"]
-    return Study(root, record, runs, comparisons, missing)
+    comparisons = [_comparison(n, root, measures, missing) for n in nodes
+                   if n.get("kind") == "compare" and "seeds" not in n]
+    seed_comparisons = [_seed_comparison(n, root, measures, missing) for n in nodes
+                        if n.get("kind") == "compare" and "seeds" in n]
+    analyses: dict[str, list[Analysis]] = {kind: [] for kind in ANALYSIS_KINDS}
+    for node in nodes:
+        if node.get("kind") in ANALYSIS_KINDS:
+            analyses[node["kind"]].append(_analysis(node, root))
+    return Study(root, record, runs, comparisons, missing, seed_comparisons, analyses)
