@@ -328,3 +328,9 @@ def test_a_study_directory_is_read_back_or_refused(tmp_path: Path) -> None:
     shutil.copy(preset_path("tiny"), tmp_path / "study.json")
     with pytest.raises(MinimascopeError, match="broken study.json"):
         read_study(tmp_path)
+
+
+def test_unknown_executor_is_one_line(tmp_path: Path) -> None:
+    result_ = CliRunner().invoke(app, ["study", "tiny", "--executor", "slurm", "--out", str(tmp_path / "out")])
+    assert_one_line_error(result_, "unknown executor 'slurm'; choose local or ray")
+    assert not (tmp_path / "out").exists()

@@ -106,11 +106,19 @@ def _changed_nodes(study_dir: Path, nodes: Sequence[Node]) -> str | None:
             f"{node.key}{differs}{more}. Nothing was run: use another --out or restore the study file")
 
 
+def _check_executor(executor: str) -> None:
+    from minimascope.study.executors import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise MinimascopeError(f"unknown executor {executor!r}; choose {' or '.join(EXECUTORS)}")
+
+
 def run_nodes(nodes: list[Node], study_dir: str | Path, header: dict[str, Any], *, executor: str = "local",
               executor_options: dict[str, Any] | None = None, progress: StudyProgress | None = None) -> StudyOutcome:
     """Run ``nodes`` (keyed, in dependency order) into ``study_dir`` with an executor, keeping
     ``study.json`` current. Shared by the study and by ``tune``."""
     study_dir = Path(study_dir)
+    _check_executor(executor)
     problem = _changed_nodes(study_dir, nodes)
     if problem:
         raise MinimascopeError(problem)
@@ -123,14 +131,12 @@ def run_nodes(nodes: list[Node], study_dir: str | Path, header: dict[str, Any], 
             from minimascope.study.executors import local
 
             local.execute(state, study_dir)
-        elif executor == "ray":
+        else:
             try:
                 from minimascope.study.executors import ray as ray_executor
             except ImportError:
                 raise MinimascopeError("--executor ray needs Ray: pip install 'minimascope[ray]'") from None
             ray_executor.execute(state, study_dir, **(executor_options or {}))
-        else:
-            raise MinimascopeError(f"unknown executor {executor!r}; choose local or ray")
     finally:
         for node in state.running():  # interrupted: the next invocation resumes it
             state.records[node.id] = {**state.records[node.id], "status": "pending"}
@@ -167,6 +173,7 @@ def run_study(source: str | Path, study_dir: str | Path, *, data: str | None = N
 
     from minimascope.env import environment, resolve_device
 
+    _check_executor(executor)
     spec = load_study(source)
     first = next(iter(spec.arms.values())).options
     data = resolve_data(data, first.get("data"))
