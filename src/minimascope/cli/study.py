@@ -114,7 +114,8 @@ def study_command(
 ) -> None:
     """Run every arm of a study over its seeds and compare the networks; re-running continues it.
 
-    Exit status: 0 all nodes completed, 3 some diverged or were skipped (no failure), 1 a node failed.
+    Ends with the study's report (STUDY_DIR/report/index.html), also when some nodes did not complete.
+    Exit status: 1 a node failed, 3 a run diverged (none failed), else 0; skipped nodes are listed.
     """
     from minimascope.study import run_study
     from minimascope.study.spec import load_study
@@ -126,6 +127,9 @@ def study_command(
                         download_weights=download_weights, executor=executor,
                         executor_options=_executor_options(ray_address, cpus_per_run, gpus_per_run)
                         if executor == "ray" else None, progress=progress)
+    from minimascope.report import write_report
+
+    console.print(f"report {write_report(study_dir)}", highlight=False)
     _closing(outcome, "study")
 
 

@@ -44,10 +44,11 @@ class StudyOutcome:
 
 
 def exit_status(counts: dict[str, int]) -> int:
-    """0: every node completed; 1: a node failed; 3: none failed, but some diverged or were skipped."""
+    """1: a node failed; 3: none failed, but a run diverged (as ``train`` exits); else 0. Skipped nodes
+    (no ImageNet weights, an upstream that did not complete) are listed, not an error of their own."""
     if counts.get("failed"):
         return 1
-    return 0 if set(counts) <= {"completed"} else 3
+    return 3 if counts.get("diverged") else 0
 
 
 def imagenet_weights(given: str | Path | None, download: bool = True) -> tuple[str | None, str | None]:
@@ -188,12 +189,14 @@ def run_study(source: str | Path, study_dir: str | Path, *, data: str | None = N
         **environment(resolve_device(first.get("device", "auto"))), "seeds": list(spec.seeds),
         "arms": {arm.name: {**by_id[f"run:{arm.name}:seed{spec.seeds[0]}"].params["config"], "seed": None,
                             "init_from": arm.init_from} for arm in spec.arms.values()},
-        "compare": spec.compare.to_dict(), "weights": weights_file, "weights_missing": missing,
+        "compare": spec.compare.to_dict(), "analyses": spec.analyses.to_dict(),
+        "weights": weights_file, "weights_missing": missing,
         "executor": executor,
     }
-    problem = _changed_nodes(study_dir, nodes)
-    if problem:
-        raise MinimascopeError(problem)
-    io.atomic_write_text(study_dir / STUDY_YAML, yaml.safe_dump(spec.resolved(), sort_keys=False))
-    return run_nodes(nodes, study_dir, header, executor=executor, executor_options=executor_options,
-                     progress=progress)
+    with io.locked(study_dir, "study directory"):  # one driver at a time writes study.json
+        problem = _changed_nodes(study_dir, nodes)
+        if problem:
+            raise MinimascopeError(problem)
+        io.atomic_write_text(study_dir / STUDY_YAML, yaml.safe_dump(spec.resolved(), sort_keys=False))
+        return run_nodes(nodes, study_dir, header, executor=executor, executor_options=executor_options,
+                         progress=progress)

@@ -8,6 +8,13 @@ A study file (YAML) holds::
       sgd: {optimizer: sgd}
       adahessian-then-sgd: {optimizer: sgd, init_from: adahessian}   # that arm's final weights, same seed
     compare: {measures: [cka, svcca, procrustes], samples: 10000, pairs: all, within: true}
+    analyses:                                         # optional: describe each minimum
+      sharpness: {images: 1000, arms: [sgd, adahessian]}   # per run (of these arms; default all): Hessian
+                                                      # eigenvalues, trace, density
+      weights: {threshold: 1.0e-3}                    # per run: norms, distance from init, ranks
+      connectivity: {points: 11, images: 1000}        # per compared pair with the same normalisation
+      mistakes: {}                                    # per compared pair: which test images each gets wrong
+      across_seeds: [sgd, adahessian]                 # compare two seeds of one arm (the seed statistics)
 
 Every ``train`` option is a key of ``defaults`` and of each arm, checked as ``train`` checks it;
 ``seed`` comes from ``seeds`` and ImageNet weights from the command line, so neither is a key.
@@ -26,7 +33,14 @@ from minimascope.config import TrainConfig
 from minimascope.errors import MinimascopeError
 from minimascope.io import read_yaml_mapping
 
-STUDY_KEYS = ("defaults", "seeds", "arms", "compare")
+STUDY_KEYS = ("defaults", "seeds", "arms", "compare", "analyses")
+# Each analysis and the options of its run-level function that a study file may set.
+ANALYSIS_OPTIONS = {
+    "sharpness": ("images", "k", "tol", "max_iter", "rel_error", "max_probes", "density_steps", "seed"),
+    "weights": ("threshold",),
+    "connectivity": ("points", "images", "align", "seed"),
+    "mistakes": ("limit", "seed"),
+}
 COMPARE_KEYS = ("measures", "samples", "pairs", "within", "layer_set", "policy")
 # Set by the study itself, not by its file.
 NOT_IN_STUDY_FILE = {
@@ -78,12 +92,32 @@ class CompareSpec:
 
 
 @dataclass(frozen=True)
+class AnalysesSpec:
+    """Which analyses run, each with its options (None: not run), and the arms compared across seeds."""
+
+    options: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    across_seeds: tuple[str, ...] = ()
+
+    def of(self, name: str, arms: list[str]) -> tuple[list[str], dict[str, Any] | None]:
+        """(the arms it runs for, the options of its function), or ([], None) when it does not run."""
+        options = self.options.get(name)
+        if options is None:
+            return [], None
+        chosen = options.get("arms", arms)
+        return [a for a in arms if a in chosen], {k: v for k, v in options.items() if k != "arms"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: v for k, v in self.options.items() if v is not None}, "across_seeds": list(self.across_seeds)}
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     source: str  # "preset:<name>" or the file's path
     seeds: tuple[int, ...]
     arms: dict[str, Arm]
     compare: CompareSpec = field(default_factory=CompareSpec)
+    analyses: AnalysesSpec = field(default_factory=AnalysesSpec)
 
     def resolved(self) -> dict[str, Any]:
         """The study as one file again, with the defaults merged into each arm (``study.yaml``)."""
@@ -91,7 +125,8 @@ class StudySpec:
         for arm in self.arms.values():
             options = {k: list(v) if isinstance(v, tuple) else v for k, v in arm.options.items()}
             arms[arm.name] = {**options, **({"init_from": arm.init_from} if arm.init_from else {})}
-        return {"seeds": list(self.seeds), "arms": arms, "compare": self.compare.to_dict()}
+        return {"seeds": list(self.seeds), "arms": arms, "compare": self.compare.to_dict(),
+                "analyses": self.analyses.to_dict()}
 
 
 def preset_path(name: str) -> Path:
@@ -250,6 +285,44 @@ def _compare(raw: Any, arms: dict[str, Arm], file: Path) -> CompareSpec:
     return CompareSpec(tuple(measures), samples, pairs, within, layer_set, policy)
 
 
+def _analyses(raw: Any, arms: dict[str, Arm], file: Path) -> AnalysesSpec:
+    where = f"{file}: analyses"
+    if raw is None:
+        return AnalysesSpec()
+    if not isinstance(raw, dict):
+        raise MinimascopeError(f"{where}: must be a mapping with keys {', '.join([*ANALYSIS_OPTIONS, 'across_seeds'])}")
+    options: dict[str, dict[str, Any] | None] = {}
+    for name, value in raw.items():
+        if name == "across_seeds":
+            continue
+        if name not in ANALYSIS_OPTIONS:
+            raise _unknown(where, str(name), (*ANALYSIS_OPTIONS, "across_seeds"))
+        if value is False or value is None:
+            options[name] = None
+            continue
+        value = {} if value is True else value
+        if not isinstance(value, dict):
+            raise MinimascopeError(f"{where}: {name}: must be true, false or a mapping of options, got {value!r}")
+        for key, option in value.items():
+            if key == "arms":
+                if not isinstance(option, list) or any(arm not in arms for arm in option):
+                    raise MinimascopeError(f"{where}: {name}: arms: must be a list of arms ({', '.join(arms)}), "
+                                           f"got {option!r}")
+                continue
+            if key not in ANALYSIS_OPTIONS[name]:
+                raise _unknown(f"{where}: {name}", str(key), (*ANALYSIS_OPTIONS[name], "arms"))
+            if not isinstance(option, (int, float)):
+                raise MinimascopeError(f"{where}: {name}: {key} must be a number or true/false, got {option!r}")
+        options[name] = dict(value)
+    across = raw.get("across_seeds", [])
+    if not isinstance(across, list) or not all(isinstance(a, str) for a in across):
+        raise MinimascopeError(f"{where}: across_seeds: must be a list of arms, got {across!r}")
+    for arm in across:
+        if arm not in arms:
+            raise MinimascopeError(f"{where}: across_seeds: unknown arm {arm!r}; arms: {', '.join(arms)}")
+    return AnalysesSpec(options, tuple(across))
+
+
 def parse_study(values: dict[str, Any], file: Path, name: str, source: str) -> StudySpec:
     """Validate a study file's mapping (see the module doc)."""
     for key in values:
@@ -260,7 +333,8 @@ def parse_study(values: dict[str, Any], file: Path, name: str, source: str) -> S
     defaults = _defaults(values.get("defaults"), file)
     arms = _arms(values["arms"], defaults, file)
     return StudySpec(name=name, source=source, seeds=_seeds(values.get("seeds"), file), arms=arms,
-                     compare=_compare(values.get("compare"), arms, file))
+                     compare=_compare(values.get("compare"), arms, file),
+                     analyses=_analyses(values.get("analyses"), arms, file))
 
 
 def load_study(text: str | Path) -> StudySpec:

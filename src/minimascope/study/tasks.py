@@ -176,6 +176,85 @@ class CompareKind:
         return result("completed")
 
 
+ANALYSIS_JSON = "analysis.json"
+ANALYSIS_FORMAT = "minimascope-analysis-node-v1"
+
+
+class _AnalysisKind:
+    """An analysis of one run or one pair of runs: its function writes its result files to the node's
+    folder, then ``analysis.json`` (the node's key) marks it finished; an interrupted one runs again."""
+
+    name = ""
+
+    def key(self, node: Node, dependency_keys: list[str]) -> str:
+        return digest({"kind": self.name, "options": node.params["options"], "runs": dependency_keys})
+
+    def stored(self, node_dir: Path) -> dict[str, Any] | None:
+        path = node_dir / ANALYSIS_JSON
+        if not path.is_file():
+            return None
+        return {**result("completed"), "key": io.read_json(path, ANALYSIS_JSON).get("key")}
+
+    def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
+        raise NotImplementedError
+
+    def run(self, node: Node, study_dir: Path, report: Report) -> dict[str, Any]:
+        out = study_dir / node.path
+        self.compute([study_dir / p for p in node.params["run_paths"]], out, node.params["options"],
+                     node.params["data"], node.params["device"])
+        io.atomic_write_json(out / ANALYSIS_JSON, {"format": ANALYSIS_FORMAT, "kind": self.name, "key": node.key,
+                                                   "runs": node.params["run_paths"], "finished": now()})
+        return result("completed")
+
+
+@register
+class SharpnessKind(_AnalysisKind):
+    """Top Hessian eigenvalues, trace and eigenvalue density of a run's training loss."""
+
+    name = "sharpness"
+
+    def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
+        from minimascope.landscape.hessian import sharpness_of_run
+
+        sharpness_of_run(runs[0], out, data_source=data, device=device, **options)
+
+
+@register
+class WeightsKind(_AnalysisKind):
+    """Per-layer weight statistics of a run, distance from its initial weights included."""
+
+    name = "weights"
+
+    def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
+        from minimascope.analysis.weights import weights_of_run
+
+        weights_of_run(runs[0], out, **options)
+
+
+@register
+class ConnectivityKind(_AnalysisKind):
+    """Loss and error along the straight line between two runs' weights, and its barrier."""
+
+    name = "connectivity"
+
+    def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
+        from minimascope.landscape.connectivity import connectivity_of_runs
+
+        connectivity_of_runs(runs[0], runs[1], out, data_source=data, device=device, **options)
+
+
+@register
+class MistakesKind(_AnalysisKind):
+    """Which test images each of two runs gets wrong, against independent errors."""
+
+    name = "mistakes"
+
+    def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
+        from minimascope.analysis.mistakes import mistakes_of_runs
+
+        mistakes_of_runs(runs[0], runs[1], out, data_source=data, **options)
+
+
 def upstream_reason(dependency: str, upstream: dict[str, Any]) -> str:
     status = upstream["status"]
     if status == "diverged":
