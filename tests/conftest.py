@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 from torch import nn
 
+from minimascope import io, models
 from minimascope.data import CLASSES
+from minimascope.study import run_study
 
 
 def make_image_tree(root: Path, train_per_class: int = 4, test_per_class: int = 2, *, seed: int = 0,
@@ -88,3 +90,31 @@ def conv_bn_net() -> nn.Module:
         nn.BatchNorm2d(1), nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(),
         nn.Linear(72, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 3),
     )
+
+
+# The tiny preset's nodes: 10 runs, 10 comparisons and 12 analyses of the minima (see tiny.yaml).
+TINY_NODES = 32
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.getbasetemp() / "cache")  # the one conftest's private_cache names
+
+
+@pytest.fixture(scope="session")
+def imagenet_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A stand-in for torchvision's ImageNet weights: a seeded 1000-class resnet18 state dict."""
+    path = tmp_path_factory.mktemp("weights") / "resnet18-imagenet.pt"
+    io.atomic_torch_save(path, models.build_model("resnet18", 1000, seed=123).state_dict())
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory, cifar_source: str, imagenet_file: str, cache: str) -> Path:
+    """One completed tiny study (local executor), shared by the tests that only read it."""
+    study_dir = tmp_path_factory.mktemp("tiny") / "study"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINIMASCOPE_CACHE", cache)
+        outcome = run_study("tiny", study_dir, data=cifar_source, weights=imagenet_file)
+    assert outcome.counts == {"completed": TINY_NODES}, outcome.records
+    return study_dir

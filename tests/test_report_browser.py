@@ -6,8 +6,7 @@ folder named by MINIMASCOPE_ARTIFACTS when that is set. Skipped only when no chr
 is found (MINIMASCOPE_CHROMIUM names one explicitly).
 
 ``check_report_in_browser(index_html, screenshot)`` takes any written report: the fake study's
-here, or a real study's (set MINIMASCOPE_REPORT_STUDY to a study directory, e.g. the `tiny`
-preset's, to write and check its report as well).
+here, and the tiny preset's, run end to end.
 """
 
 from __future__ import annotations
@@ -95,12 +94,10 @@ def test_fake_study_report_in_browser(report_page: Path, tmp_path: Path) -> None
     assert len(shown["requests"]) == 1 + len(sources)  # the page and its images, nothing else
 
 
-def test_real_study_report_in_browser(tmp_path: Path) -> None:
-    """The report of a real study directory (e.g. `minimascope study --preset tiny`'s) when
-    MINIMASCOPE_REPORT_STUDY names one. The report is written into that study's own folder."""
-    study = os.environ.get("MINIMASCOPE_REPORT_STUDY")
-    if not study:
-        pytest.skip("set MINIMASCOPE_REPORT_STUDY to a study directory to check its report")
-    screenshot = tmp_path / f"report-{Path(study).name}.png"
-    check_report_in_browser(write_report(study), screenshot)
+def test_tiny_study_report_in_browser(tiny_study: Path, tmp_path: Path) -> None:
+    """The report of a real study: the tiny preset run end to end (every arm, its comparisons and
+    analyses), written by the same call as `minimascope report`."""
+    screenshot = tmp_path / "report-tiny.png"
+    shown = check_report_in_browser(write_report(tiny_study), screenshot)
     keep_artifact(screenshot)
+    assert {"similarity-cka.png", "filters-conv1.png"} <= {image["src"] for image in shown["images"]}

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from minimascope import io, models, runs
+from conftest import TINY_NODES
+from minimascope import models, runs
 from minimascope.cli import app
 from minimascope.errors import MinimascopeError
 from minimascope.study import exit_status, run_study
@@ -35,28 +37,7 @@ TINY_ARMS = ["sgd", "adahessian", "sgd-pretrained", "adahessian-pretrained", "ad
              "adahessian-scaled-normalize"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.getbasetemp() / "cache")  # the one conftest's private_cache names
 
-
-@pytest.fixture(scope="module")
-def imagenet_file(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A stand-in for torchvision's ImageNet weights: a seeded 1000-class resnet18 state dict."""
-    path = tmp_path_factory.mktemp("weights") / "resnet18-imagenet.pt"
-    io.atomic_torch_save(path, models.build_model("resnet18", 1000, seed=123).state_dict())
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory: pytest.TempPathFactory, cifar_source: str, imagenet_file: str, cache: str) -> Path:
-    """One completed tiny study (local executor), shared by the tests that only read it."""
-    study_dir = tmp_path_factory.mktemp("tiny") / "study"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MINIMASCOPE_CACHE", cache)
-        outcome = run_study("tiny", study_dir, data=cifar_source, weights=imagenet_file)
-    assert outcome.counts == {"completed": 20}, outcome.records
-    return study_dir
 
 
 def nodes_of(study_dir: Path) -> dict[str, dict]:
@@ -98,15 +79,19 @@ def test_tiny_study_writes_the_study_directory(tiny_study: Path, cifar_source: s
     assert record["arms"]["adahessian"]["lr"] == 0.15 and record["arms"]["sgd"]["momentum"] == 0.95
     assert record["compare"]["samples"] == 100 and record["compare"]["within"] == ["sgd", "adahessian"]
     nodes = {n["id"]: n for n in record["nodes"]}
-    assert len(nodes) == 20
+    assert len(nodes) == TINY_NODES
     then = nodes["run:adahessian-then-sgd:seed0"]
     assert then["depends_on"] == ["run:adahessian:seed0"] and then["path"] == "runs/adahessian-then-sgd/seed0"
     assert 0 <= then["final"]["test_accuracy"] <= 1 and then["time_s"] > 0 and then["reason"] is None
     within = nodes["compare:sgd:sgd:seed0"]
     assert within["arms"] == ["sgd", "sgd"] and within["path"] == "comparisons/sgd_vs_sgd/seed0"
+    files = {"compare": ("cka.json", "svcca.json", "procrustes.json"), "run": ("run.json", "final.pt"),
+             **{kind: (f"{kind}.json",) for kind in ("sharpness", "weights", "connectivity", "mistakes")}}
     for node in record["nodes"]:
-        for name in ("cka", "svcca", "procrustes") if node["kind"] == "compare" else ("run.json", "final.pt"):
-            assert (tiny_study / node["path"] / (f"{name}.json" if node["kind"] == "compare" else name)).is_file()
+        for name in files[node["kind"]]:
+            assert (tiny_study / node["path"] / name).is_file(), (node["id"], name)
+    assert Counter(n["kind"] for n in record["nodes"]) == {
+        "run": 10, "compare": 10, "weights": 4, "connectivity": 3, "mistakes": 3, "sharpness": 2}
     rows = list(csv.DictReader((tiny_study / "summary.csv").open()))
     assert tuple(rows[0]) == SUMMARY_COLUMNS and [r["arm"] for r in rows] == TINY_ARMS
     by_arm = {r["arm"]: r for r in rows}
@@ -137,7 +122,7 @@ def test_node_keys_are_what_train_computes(tiny_study: Path) -> None:
 def test_a_second_invocation_recomputes_nothing(tiny_study: Path, cifar_source: str, imagenet_file: str) -> None:
     before = {k: v for k, v in file_stamps(tiny_study).items() if k.startswith(("runs/", "comparisons/"))}
     outcome = run_study("tiny", tiny_study, data=cifar_source, weights=imagenet_file)
-    assert outcome.counts == {"completed": 20}
+    assert outcome.counts == {"completed": TINY_NODES}
     after = {k: v for k, v in file_stamps(tiny_study).items() if k.startswith(("runs/", "comparisons/"))}
     assert after == before
 
@@ -145,7 +130,7 @@ def test_a_second_invocation_recomputes_nothing(tiny_study: Path, cifar_source: 
 def test_status_prints_every_node(tiny_study: Path) -> None:
     result_ = CliRunner().invoke(app, ["status", str(tiny_study)], env={"COLUMNS": "200"})
     assert result_.exit_code == 0, result_.output
-    assert "run:adahessian-then-sgd:seed0" in result_.output and "20 completed" in result_.output
+    assert "run:adahessian-then-sgd:seed0" in result_.output and f"{TINY_NODES} completed" in result_.output
 
 
 def test_a_changed_arm_is_refused(tiny_study: Path, cifar_source: str, imagenet_file: str, tmp_path: Path) -> None:
@@ -183,7 +168,7 @@ def test_killed_study_resumes_to_the_same_results(tiny_study: Path, cifar_source
     record = json.loads((study_dir / "study.json").read_text())
     assert {n["id"]: n["status"] for n in record["nodes"]}["run:sgd:seed0"] == "completed"
     outcome = run_study("tiny", study_dir, data=cifar_source, weights=imagenet_file)
-    assert outcome.counts == {"completed": 20}
+    assert outcome.counts == {"completed": TINY_NODES}
     assert file_stamps(study_dir / "runs/sgd/seed0") == first  # not recomputed
     assert [int(r["epoch"]) for r in runs.read_metrics(interrupted)] == [1, 2]  # resumed, not restarted
     assert_same_results(tiny_study, study_dir)
@@ -198,7 +183,7 @@ def test_ray_study_gives_the_local_results(tiny_study: Path, cifar_source: str, 
                             executor_options={"cpus_per_run": 2, "threads": torch.get_num_threads()})
     finally:
         ray.shutdown()
-    assert outcome.counts == {"completed": 20}, outcome.records
+    assert outcome.counts == {"completed": TINY_NODES}, outcome.records
     assert_same_results(tiny_study, tmp_path / "ray")
 
 
