@@ -1,4 +1,4 @@
-# The two commands the README opens with: `make run` (main job) and `make test`.
+# The two commands the README opens with: `make run` (the quick study and its report) and `make test`.
 # Each creates .venv and installs what it needs the first time.
 PYTHON ?= python3
 VENV := .venv
@@ -15,8 +15,7 @@ $(VENV)/installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/installed
-	$(BIN)/minimascope train --optimizer sgd --epochs 2 --train-subset 2000 \
-		$(if $(DATA),--data $(DATA)) --out runs/quick-sgd --resume
+	$(BIN)/minimascope study quick $(if $(DATA),--data $(DATA)) --out studies/quick
 
 test: $(VENV)/installed
 	$(BIN)/ruff check -q src tests benchmarks
@@ -26,3 +25,6 @@ bench: $(VENV)/installed
 	$(BIN)/python benchmarks/train_throughput.py $(if $(DATA),--data $(DATA))
 	$(BIN)/python benchmarks/adahessian_step.py
 	$(BIN)/python benchmarks/similarity.py
+	$(BIN)/python benchmarks/sharpness.py $(if $(DATA),--data $(DATA))
+	$(BIN)/python benchmarks/study_overhead.py $(if $(DATA),--data $(DATA))
+	$(BIN)/python benchmarks/report.py

@@ -655,7 +655,7 @@ def test_partial_study_lists_what_is_missing(tmp_path: Path) -> None:
     assert "run adahessian seed 0: running" in text
     assert "runs/sgd/seed0/final.pt" in text  # no weights: the filters section says so
     assert claims.ONE_SEED in text
-    assert "sharpness sgd seed 0: no sharpness result at analyses/sharpness/sgd/seed0/sharpness.json" in text
+    assert "sharpness sgd seed 0: sharpness result not found: analyses/sharpness/sgd/seed0/sharpness.json" in text
     assert "one seed only (0): nothing to hold a difference against" in text
     assert "No seed statistics" in text and "adahessian 0, 1" not in text
 

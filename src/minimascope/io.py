@@ -116,6 +116,18 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise MinimascopeError(f"broken {what} {path}: {exc}") from None
 
 
+def read_result_json(path: str | Path, expected_format: str, what: str = "result file") -> dict[str, Any]:
+    """A JSON result whose ``format`` is ``expected_format``; missing, broken or foreign is one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise MinimascopeError(f"{what} not found: {path}")
+    record = read_json(path, what)
+    found = record.get("format") if isinstance(record, dict) else None
+    if found != expected_format:
+        raise MinimascopeError(f"{path} is not a {expected_format} file (format: {found!r})")
+    return record
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML file holding a mapping (empty file: ``{}``), read with the safe loader."""
     import yaml

@@ -35,10 +35,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from minimascope.analysis.weights import read_result_json
 from minimascope.data import CLASSES
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_result_json
 
 MISTAKES_FORMAT = "minimascope-mistakes-v1"
 MISTAKES_JSON = "mistakes.json"

@@ -32,9 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from minimascope.analysis.weights import read_result_json
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_json, atomic_write_text
+from minimascope.io import atomic_write_json, atomic_write_text, read_result_json
 from minimascope.similarity import MEASURES, SimilarityMatrix
 
 SEEDS_FORMAT = "minimascope-seeds-v1"

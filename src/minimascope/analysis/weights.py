@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -42,7 +41,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_result_json
 
 WEIGHTS_FORMAT = "minimascope-weights-v1"
 WEIGHTS_JSON = "weights.json"
@@ -266,21 +265,6 @@ def write_weight_statistics(stats: WeightStatistics, out_dir: str | Path) -> lis
     spectra_figure(stats).savefig(buffer, format="png", dpi=120)
     atomic_write_bytes(paths[2], buffer.getvalue())
     return paths
-
-
-def read_result_json(path: str | Path, expected_format: str) -> dict[str, Any]:
-    """A JSON result file whose ``format`` is ``expected_format``, with one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise MinimascopeError(f"result file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MinimascopeError(f"broken result file {path}: {exc}") from None
-    found = data.get("format") if isinstance(data, dict) else None
-    if found != expected_format:
-        raise MinimascopeError(f"{path} is not a {expected_format} file (format: {found!r})")
-    return data
 
 
 def _nan_if_none(value: float | None) -> float:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_bytes, atomic_write_json
+from minimascope.io import atomic_write_bytes, atomic_write_json, read_result_json
 
 CONNECTIVITY_FORMAT = "minimascope-connectivity-v1"
 CONNECTIVITY_JSON = "connectivity.json"
@@ -201,14 +200,7 @@ def read_connectivity(path: str | Path) -> Connectivity:
     path = Path(path)
     if path.is_dir():
         path = path / CONNECTIVITY_JSON
-    if not path.is_file():
-        raise MinimascopeError(f"no connectivity result at {path}")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MinimascopeError(f"broken {path}: {exc}") from None
-    if not isinstance(record, dict) or record.get("format") != CONNECTIVITY_FORMAT:
-        raise MinimascopeError(f"{path} is not a {CONNECTIVITY_FORMAT} file")
+    record = read_result_json(path, CONNECTIVITY_FORMAT, "connectivity result")
     curves = [PathCurve(variant, **{m: values[m] for m in METRICS}) for variant, values in record["variants"].items()]
     return Connectivity(record["alphas"], curves, record["n_train"], record["n_test"], tuple(record["labels"]),
                         record["settings"])

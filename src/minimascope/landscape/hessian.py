@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,7 +46,7 @@ from torch import Tensor, nn
 from minimascope.curvature import hessian_vector_product, rademacher_like
 from minimascope.errors import MinimascopeError
 from minimascope.fast_layers import fast_forward
-from minimascope.io import atomic_write_bytes, atomic_write_json
+from minimascope.io import atomic_write_bytes, atomic_write_json, read_result_json
 
 SHARPNESS_FORMAT = "minimascope-sharpness-v1"
 SHARPNESS_JSON = "sharpness.json"
@@ -411,14 +410,7 @@ def read_sharpness(path: str | Path) -> Sharpness:
     path = Path(path)
     if path.is_dir():
         path = path / SHARPNESS_JSON
-    if not path.is_file():
-        raise MinimascopeError(f"no sharpness result at {path}")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MinimascopeError(f"broken {path}: {exc}") from None
-    if not isinstance(record, dict) or record.get("format") != SHARPNESS_FORMAT:
-        raise MinimascopeError(f"{path} is not a {SHARPNESS_FORMAT} file")
+    record = read_result_json(path, SHARPNESS_FORMAT, "sharpness result")
     density = record["density"]
     return Sharpness(
         eigenvalues=TopEigenvalues(record["eigenvalues"], record["eigenvalue_iterations"],
