@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from conftest import conv_bn_net
+from minimascope.curvature import rademacher_like
 from minimascope.errors import MinimascopeError
 from minimascope.landscape import connectivity, hessian, matching
 from minimascope.models import build_model
@@ -193,8 +194,6 @@ def test_density_mean_is_trace_per_parameter(problem) -> None:
     assert len(nodes) == 80 and abs(weights.sum().item() - 1) < 1e-12
     dim = h.shape[0]
     generator = torch.Generator().manual_seed(7)  # the same probes: the quadrature mean is exact for them
-    from minimascope.curvature import rademacher_like
-
     probes = [rademacher_like(torch.empty(dim, dtype=torch.float64), generator) for _ in range(4)]
     assert abs((nodes * weights).sum().item() - sum((z @ h @ z).item() for z in probes) / 4 / dim) < 1e-10
     spread = math.sqrt(2 * ((h**2).sum() - (h.diagonal() ** 2).sum()).item() / 4) / dim
