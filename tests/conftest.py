@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,18 @@ def cifar_source(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("synthetic-cifar")
     make_image_tree(root / "tree", train_per_class=60, test_per_class=20)
     return str(make_archive(root / "tree", root / "cifar10-images.tar.gz"))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the module: its tensors are tiny, and on shared cores a second
+    OpenMP thread makes each op many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def conv_bn_net() -> nn.Module:

@@ -18,14 +18,8 @@ from minimascope.errors import MinimascopeError
 from minimascope.landscape import connectivity, hessian, matching
 from minimascope.models import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Mostly tiny tensors: on shared cores a second OpenMP thread makes each op much slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: on shared cores a second OpenMP thread makes each op much slower.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- helpers

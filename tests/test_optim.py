@@ -107,13 +107,8 @@ def make_batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor
     return [(torch.randn(4, 1, 8, 8, generator=gen), torch.randint(0, 3, (4,), generator=gen)) for _ in range(n)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: with the cores shared, a second OpenMP thread makes each op ~50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: on shared cores a second OpenMP thread makes each op much slower.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
