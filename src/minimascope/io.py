@@ -116,9 +116,13 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise MinimascopeError(f"broken {what} {path}: {exc}") from None
 
 
-def read_result_json(path: str | Path, expected_format: str, what: str = "result file") -> dict[str, Any]:
-    """A JSON result whose ``format`` is ``expected_format``; missing, broken or foreign is one line."""
+def read_result_json(path: str | Path, expected_format: str, file_name: str,
+                     what: str = "result file") -> dict[str, Any]:
+    """A JSON result whose ``format`` is ``expected_format``, at ``path`` or, when ``path`` is a
+    folder, at ``path / file_name``; missing, broken or foreign is one line."""
     path = Path(path)
+    if path.is_dir():
+        path = path / file_name
     if not path.is_file():
         raise MinimascopeError(f"{what} not found: {path}")
     record = read_json(path, what)

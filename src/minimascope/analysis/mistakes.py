@@ -317,9 +317,7 @@ def write_mistakes(comparison: MistakeComparison, out_dir: str | Path,
 
 def read_mistakes(path: str | Path) -> MistakeComparison:
     """Read ``mistakes.json`` (a file, or the folder holding it) back into :class:`MistakeComparison`."""
-    path = Path(path)
-    path = path / MISTAKES_JSON if path.is_dir() else path
-    data = read_result_json(path, MISTAKES_FORMAT)
+    data = read_result_json(path, MISTAKES_FORMAT, MISTAKES_JSON)
     try:
         counts = data["counts"]
         return MistakeComparison(

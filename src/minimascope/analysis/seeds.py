@@ -301,9 +301,7 @@ def write_optimizer_effect_tests(tests: Sequence[LayerTest], out_dir: str | Path
 
 def read_optimizer_effect_tests(path: str | Path) -> list[LayerTest]:
     """Read ``seeds.json`` (a file, or the folder holding it) back into :class:`LayerTest` rows."""
-    path = Path(path)
-    path = path / SEEDS_JSON if path.is_dir() else path
-    data = read_result_json(path, SEEDS_FORMAT)
+    data = read_result_json(path, SEEDS_FORMAT, SEEDS_JSON)
     try:
         return [LayerTest(entry["measure"], entry["kind"], entry["layer"], _interval(entry["within"]),
                           _interval(entry["across"]), PermutationTest(**entry["test"])) for entry in data["tests"]]

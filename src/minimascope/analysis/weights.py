@@ -273,8 +273,7 @@ def _nan_if_none(value: float | None) -> float:
 
 def read_weight_statistics(path: str | Path) -> WeightStatistics:
     """Read ``weights.json`` (a file, or the folder holding it) back into :class:`WeightStatistics`."""
-    path = Path(path)
-    data = read_result_json(path / WEIGHTS_JSON if path.is_dir() else path, WEIGHTS_FORMAT)
+    data = read_result_json(path, WEIGHTS_FORMAT, WEIGHTS_JSON)
     try:
         has_initial = bool(data["has_initial"])
         layers = tuple(LayerStatistics(

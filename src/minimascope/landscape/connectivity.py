@@ -197,10 +197,7 @@ def write_connectivity(result: Connectivity, out_dir: str | Path) -> list[Path]:
 
 def read_connectivity(path: str | Path) -> Connectivity:
     """A ``connectivity.json`` (or the folder holding one) back as a :class:`Connectivity`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CONNECTIVITY_JSON
-    record = read_result_json(path, CONNECTIVITY_FORMAT, "connectivity result")
+    record = read_result_json(path, CONNECTIVITY_FORMAT, CONNECTIVITY_JSON, "connectivity result")
     curves = [PathCurve(variant, **{m: values[m] for m in METRICS}) for variant, values in record["variants"].items()]
     return Connectivity(record["alphas"], curves, record["n_train"], record["n_test"], tuple(record["labels"]),
                         record["settings"])

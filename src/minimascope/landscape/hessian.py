@@ -407,10 +407,7 @@ def write_sharpness(result: Sharpness, out_dir: str | Path) -> list[Path]:
 
 def read_sharpness(path: str | Path) -> Sharpness:
     """A ``sharpness.json`` (or the folder holding one) back as a :class:`Sharpness`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / SHARPNESS_JSON
-    record = read_result_json(path, SHARPNESS_FORMAT, "sharpness result")
+    record = read_result_json(path, SHARPNESS_FORMAT, SHARPNESS_JSON, "sharpness result")
     density = record["density"]
     return Sharpness(
         eigenvalues=TopEigenvalues(record["eigenvalues"], record["eigenvalue_iterations"],
