@@ -105,8 +105,8 @@ def conv_bn_net() -> nn.Module:
     )
 
 
-# The tiny preset's nodes: 10 runs, 10 comparisons and 12 analyses of the minima (see tiny.yaml).
-TINY_NODES = 32
+# The tiny preset's nodes: 10 runs, 6 comparisons and 12 analyses of the minima (see tiny.yaml).
+TINY_NODES = 28
 
 
 @pytest.fixture(scope="session")

@@ -37,9 +37,6 @@ TINY_ARMS = ["sgd", "adahessian", "sgd-pretrained", "adahessian-pretrained", "ad
              "adahessian-scaled-normalize"]
 
 
-
-
-
 def nodes_of(study_dir: Path) -> dict[str, dict]:
     return {n["id"]: n for n in json.loads((study_dir / "study.json").read_text())["nodes"]}
 
@@ -63,9 +60,12 @@ def assert_same_results(study_a: Path, study_b: Path, node_ids: list[str] | None
             assert weights_a.keys() == weights_b.keys()
             assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a), node_id
         elif a["kind"] == "compare":
-            for measure in ("cka", "svcca", "procrustes"):
-                matrix_a = json.loads((study_a / a["path"] / f"{measure}.json").read_text())
-                matrix_b = json.loads((study_b / b["path"] / f"{measure}.json").read_text())
+            measures = sorted(p.name for p in (study_a / a["path"]).glob("*.json") if p.name != "comparison.json")
+            assert measures and measures == sorted(p.name for p in (study_b / b["path"]).glob("*.json")
+                                                   if p.name != "comparison.json"), node_id
+            for measure in measures:
+                matrix_a = json.loads((study_a / a["path"] / measure).read_text())
+                matrix_b = json.loads((study_b / b["path"] / measure).read_text())
                 assert matrix_a["values"] == matrix_b["values"], (node_id, measure)
         else:  # an analysis: its result file, all but the settings (which name the study's paths)
             result_a, result_b = (json.loads((study / n["path"] / f"{n['kind']}.json").read_text())
@@ -97,7 +97,7 @@ def test_tiny_study_writes_the_study_directory(tiny_study: Path, cifar_source: s
         for name in files[node["kind"]]:
             assert (tiny_study / node["path"] / name).is_file(), (node["id"], name)
     assert Counter(n["kind"] for n in record["nodes"]) == {
-        "run": 10, "compare": 10, "weights": 4, "connectivity": 3, "mistakes": 3, "sharpness": 2}
+        "run": 10, "compare": 6, "weights": 4, "connectivity": 3, "mistakes": 3, "sharpness": 2}
     rows = list(csv.DictReader((tiny_study / "summary.csv").open()))
     assert tuple(rows[0]) == SUMMARY_COLUMNS and [r["arm"] for r in rows] == TINY_ARMS
     by_arm = {r["arm"]: r for r in rows}
@@ -153,19 +153,37 @@ def test_a_changed_arm_is_refused(tiny_study: Path, cifar_source: str, imagenet_
     assert file_stamps(tiny_study) == before  # nothing overwritten, not even study.json
 
 
-def test_killed_study_resumes_to_the_same_results(tiny_study: Path, cifar_source: str, imagenet_file: str,
-                                                  cache: str, tmp_path: Path) -> None:
+def small_study(path: Path, arms: dict, pairs: list, analyses: dict | None = None, **defaults) -> Path:
+    values = {"defaults": {"epochs": 2, "train_subset": 100, "test_subset": 50, "eval_batch_size": 50, **defaults},
+              "seeds": [0], "arms": arms, "compare": {"measures": ["cka"], "samples": 50, "pairs": pairs,
+                                                      "within": False}}
+    if analyses:
+        values["analyses"] = analyses
+    path.write_text(yaml.safe_dump(values, sort_keys=False))  # arms run in the file's order
+    return path
+
+
+def test_killed_study_resumes_to_the_same_results(cifar_source: str, cache: str, tmp_path: Path) -> None:
+    """A small study (a run, a run it is killed in, a run started from that one, their comparison and
+    analyses) killed with SIGKILL and run again equals the same study run straight through."""
+    file = small_study(tmp_path / "small.yaml", {
+        "sgd": {"optimizer": "sgd"},
+        "adahessian": {"optimizer": "adahessian", "epochs": 4, "batch_size": 50},  # killed in: 2 steps an epoch
+        "then": {"optimizer": "sgd", "init_from": "adahessian"}}, [["sgd", "adahessian"], ["then", "adahessian"]],
+        analyses={"weights": True, "mistakes": True})
+    straight = run_study(file, tmp_path / "straight", data=cifar_source)
+    assert straight.counts == {"completed": 10}, straight.records
     study_dir = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(SRC), "MINIMASCOPE_CACHE": cache}
     process = subprocess.Popen(
-        [sys.executable, "-m", "minimascope.cli", "study", "tiny", "--out", str(study_dir), "--data", cifar_source,
-         "--weights", imagenet_file], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, "-m", "minimascope.cli", "study", str(file), "--out", str(study_dir), "--data", cifar_source],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     interrupted = study_dir / "runs/adahessian/seed0"
-    deadline = time.monotonic() + 600
-    try:  # kill once the first run has completed and the second has a checkpoint (epoch 1 of 2)
+    deadline = time.monotonic() + 300
+    try:  # kill once the first run has completed and the second has a checkpoint (epoch 1 of 4)
         while not (runs.is_completed(study_dir / "runs/sgd/seed0") and (interrupted / runs.CHECKPOINT).is_file()):
             assert process.poll() is None and time.monotonic() < deadline, "the study ended before it was killed"
-            time.sleep(0.05)
+            time.sleep(0.02)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -173,11 +191,11 @@ def test_killed_study_resumes_to_the_same_results(tiny_study: Path, cifar_source
     first = file_stamps(study_dir / "runs/sgd/seed0")
     record = json.loads((study_dir / "study.json").read_text())
     assert {n["id"]: n["status"] for n in record["nodes"]}["run:sgd:seed0"] == "completed"
-    outcome = run_study("tiny", study_dir, data=cifar_source, weights=imagenet_file)
-    assert outcome.counts == {"completed": TINY_NODES}
+    outcome = run_study(file, study_dir, data=cifar_source)
+    assert outcome.counts == {"completed": 10}
     assert file_stamps(study_dir / "runs/sgd/seed0") == first  # not recomputed
-    assert [int(r["epoch"]) for r in runs.read_metrics(interrupted)] == [1, 2]  # resumed, not restarted
-    assert_same_results(tiny_study, study_dir)
+    assert [int(r["epoch"]) for r in runs.read_metrics(interrupted)] == [1, 2, 3, 4]  # resumed, not restarted
+    assert_same_results(tmp_path / "straight", study_dir)
 
 
 def test_ray_study_gives_the_local_results(tiny_study: Path, cifar_source: str, imagenet_file: str,
@@ -191,14 +209,6 @@ def test_ray_study_gives_the_local_results(tiny_study: Path, cifar_source: str, 
         ray.shutdown()
     assert outcome.counts == {"completed": TINY_NODES}, outcome.records
     assert_same_results(tiny_study, tmp_path / "ray")
-
-
-def small_study(path: Path, arms: dict, pairs: list, **defaults) -> Path:
-    values = {"defaults": {"epochs": 2, "train_subset": 100, "test_subset": 50, "eval_batch_size": 50, **defaults},
-              "seeds": [0], "arms": arms, "compare": {"measures": ["cka"], "samples": 50, "pairs": pairs,
-                                                      "within": False}}
-    path.write_text(yaml.safe_dump(values))
-    return path
 
 
 def test_a_diverged_arm_skips_its_dependants_only(cifar_source: str, tmp_path: Path) -> None:

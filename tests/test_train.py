@@ -69,11 +69,11 @@ def test_cli_train_writes_the_run_directory(cifar_source: str, tmp_path: Path) -
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adahessian"])
 def test_killed_run_resumes_bit_identical(cifar_source: str, tmp_path: Path, optimizer: str) -> None:
-    config = small_config(cifar_source, optimizer=optimizer, epochs=3, train_subset=200, batch_size=20)
+    config = small_config(cifar_source, optimizer=optimizer, epochs=3, train_subset=100, batch_size=20)
     train(config, tmp_path / "straight")
 
     out = tmp_path / "killed"
-    args = ["train", "--optimizer", optimizer, "--epochs", "3", "--train-subset", "200", "--test-subset", "100",
+    args = ["train", "--optimizer", optimizer, "--epochs", "3", "--train-subset", "100", "--test-subset", "100",
             "--batch-size", "20", "--eval-batch-size", "100", "--data", cifar_source, "--out", str(out)]
     command = [sys.executable, "-m", "minimascope.cli", *args]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
@@ -187,6 +187,8 @@ def test_pretrained_from_a_local_weights_file(cifar_source: str, tmp_path: Path)
 def test_milestones_and_value_conversion() -> None:
     assert milestone_epochs((0.5, 0.75), 160) == [80, 120]
     assert milestone_epochs((100, 150), 160) == [100, 150]
+    # a fraction never drops the rate before the first epoch: a 1-epoch run trains at the given lr
+    assert milestone_epochs((0.5, 0.75), 1) == [1, 1] and milestone_epochs((0.1,), 4) == [1]
     with pytest.raises(MinimascopeError, match="must increase"):
         milestone_epochs((0.75, 0.5), 100)
     config = TrainConfig.from_mapping({"optimizer": "adahessian", "betas": "0.8,0.99", "augment": "false",

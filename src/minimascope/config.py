@@ -208,8 +208,9 @@ def convert_value(key: str, value: Any, annotation: str, source: str) -> Any:
 
 
 def milestone_epochs(milestones: tuple[float, ...], epochs: int) -> list[int]:
-    """MultiStepLR milestones in epochs: values below 1 are fractions of the run."""
-    result = [round(m * epochs) if m < 1 else int(m) for m in milestones]
+    """MultiStepLR milestones in epochs: values below 1 are fractions of the run, never before its
+    first epoch (a milestone at epoch 0 would run a 1-epoch run at lr * gamma throughout)."""
+    result = [max(1, round(m * epochs)) if m < 1 else int(m) for m in milestones]
     if any(m <= 0 for m in milestones) or any(not float(m).is_integer() for m in milestones if m >= 1):
         raise MinimascopeError(f"milestones: expected fractions in (0, 1) or whole epochs, got {list(milestones)}")
     if result != sorted(result):

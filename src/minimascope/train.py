@@ -296,7 +296,8 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
 
 def _warn_colliding_milestones(config: TrainConfig) -> None:
     epochs = milestone_epochs(config.milestones, config.epochs)
-    if len(set(epochs)) < len(epochs):
+    within_run = [e for e in epochs if e < config.epochs]  # a drop after the last epoch changes nothing
+    if len(set(within_run)) < len(within_run):
         warnings.warn(f"milestones {list(config.milestones)} fall on epochs {epochs} of {config.epochs}: the learning "
                       f"rate drops by gamma^k at once; give whole epochs or more epochs", stacklevel=4)
 
