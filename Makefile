@@ -14,8 +14,10 @@ $(VENV)/installed: pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
 	touch $@
 
+# The default run downloads nothing: the pretrained arms run when MINIMASCOPE_IMAGENET_WEIGHTS names
+# torchvision's resnet18 IMAGENET1K_V1 file, else they are skipped with that reason.
 run: $(VENV)/installed
-	$(BIN)/minimascope study quick $(if $(DATA),--data $(DATA)) --out studies/quick
+	$(BIN)/minimascope study quick $(if $(DATA),--data $(DATA)) --no-download-weights --out studies/quick
 
 test: $(VENV)/installed
 	$(BIN)/ruff check -q src tests benchmarks
