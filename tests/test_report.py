@@ -205,8 +205,8 @@ def build_fake_study(root: Path, *, seeds: tuple[int, ...] = (0, 1), epochs: int
         "format": "minimascope-study-v1", "name": "fake", "source": "preset:fake",
         "created": "2026-11-28T10:00:00+00:00", "updated": "2026-11-28T10:20:00+00:00", "wall_time_s": 1234.5,
         "data": {"source": "/data/cifar10-images.tar.gz", "key": "abc123", "train_size": 500, "test_size": 500},
-        "environment": {"versions": {"minimascope": "0.1.0", "torch": "2.14.1"},
-                        "device": {"type": "cpu", "threads": 2, "processor": "Fake CPU"}},
+        "versions": {"minimascope": "0.1.0", "torch": "2.14.1"},  # env.environment()'s fields, as the study writes
+        "device": {"type": "cpu", "threads": 2, "processor": "Fake CPU"},
         "seeds": list(seeds), "arms": {arm: {**arm_config(arm), "epochs": epochs} for arm in arms},
         "compare": {"measures": list(MEASURE_NAMES), "samples": 500, "pairs": "listed", "within": True},
         "nodes": nodes,
@@ -583,6 +583,7 @@ def test_report_page_structure(report_page: Path) -> None:
     for arm in ARMS:
         assert arm in text
     assert "78.29%" in text and "25.48 ± 0.22 s" in text  # the seed paper's numbers beside ours
+    assert "processor Fake CPU" in text and "torch 2.14.1" in text  # the device and versions of study.json
     assert "half of ours" in text and "cumulative singular values" in text  # anatome's conventions
 
 

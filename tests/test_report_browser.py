@@ -98,6 +98,9 @@ def test_tiny_study_report_in_browser(tiny_study: Path, tmp_path: Path) -> None:
     """The report of a real study: the tiny preset run end to end (every arm, its comparisons and
     analyses), written by the same call as `minimascope report`."""
     screenshot = tmp_path / "report-tiny.png"
-    shown = check_report_in_browser(write_report(tiny_study), screenshot)
+    index = write_report(tiny_study)
+    shown = check_report_in_browser(index, screenshot)
     keep_artifact(screenshot)
+    page = index.read_text()
+    assert "type cpu" in page and "torch 2.14.1" in page  # the device and versions study.json records
     assert {"similarity-cka.png", "filters-conv1.png"} <= {image["src"] for image in shown["images"]}

@@ -200,10 +200,9 @@ def _epochs_text(study: Study, arms: Sequence[str]) -> str:
 def study_section(ctx: Context) -> dict[str, Any]:
     study = ctx.study
     record = study.record
-    environment = record.get("environment", {})
-    device = environment.get("device", {})
+    device = record.get("device", {})  # study.json holds env.environment()'s fields at its top level
     device_text = ", ".join(f"{k} {v}" for k, v in device.items()) if isinstance(device, dict) else str(device)
-    versions = environment.get("versions", {})
+    versions = record.get("versions", {})
     arms = []
     for arm, config in study.arms.items():
         runs = study.arm_runs(arm)
