@@ -263,7 +263,7 @@ def mistake_grid(images: np.ndarray | torch.Tensor, mistakes: Sequence[Mistake],
     figure = Figure(figsize=(columns * 1.3, height))
     FigureCanvasAgg(figure)
     # A fixed layout: each panel's 3-line title takes ~0.35 in above its image (constrained layout
-    # would measure all 64 titles on every pass, ~5x the time of the whole figure).
+    # would measure every title on each pass, ~5x the time of the whole figure).
     grid = figure.subplots(rows, columns, squeeze=False, gridspec_kw={
         "left": 0.01, "right": 0.99, "bottom": 0.02 / height, "top": 1 - 0.7 / height, "wspace": 0.1, "hspace": 0.45})
     names = comparison.class_names
