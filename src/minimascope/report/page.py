@@ -794,7 +794,10 @@ def connectivity_section(ctx: Context) -> dict[str, Any]:
                   "caption": "Each row: one pair of arms. Lines: batch-norm variants (interpolate: running statistics "
                              "interpolated with the weights; recompute: recomputed from training images at each point; "
                              "+matched: B's channels first permuted onto A's by weight matching). Mean over seeds, "
-                             "band from the lowest to the highest seed."}
+                             "band from the lowest to the highest seed. The arms of one seed start from the same "
+                             "initial weights (or one from the other's final ones), so their channels may already "
+                             "correspond: matching then finds the identity and the +matched lines lie on the plain "
+                             "ones."}
     sizes_text = "; ".join(f"{n_train} train and {n_test} test images, {points} points"
                            for n_train, n_test, points in sorted(sizes)) or "?"
     return {
