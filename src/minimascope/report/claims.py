@@ -79,38 +79,45 @@ def _few_seeds(groups: Mapping[str, ConfidenceInterval]) -> str | None:
     return None
 
 
-def judge_higher(a: Sequence[float], b: Sequence[float], name_a: str, name_b: str,
-                 fmt: str = "{:.4g}") -> tuple[str, str]:
-    """Verdict and reason for "A is higher than B" (module docstring)."""
+def _difference(a: Sequence[float], b: Sequence[float], name_a: str, name_b: str,
+                fmt: str) -> tuple[float, float, str] | str:
+    """The interval of A − B (:func:`difference_interval`) with its text "A − B lies in [low, high]",
+    or, when a group has too few seeds, the reason no verdict is possible."""
     sa, sb = spread(a), spread(b)
     few = _few_seeds({name_a: sa, name_b: sb})
     if few:
-        return INCONCLUSIVE, few
+        return few
     low, high = difference_interval(sa, sb)
-    interval = f"[{fmt.format(low)}, {fmt.format(high)}]"
+    return low, high, f"{name_a} − {name_b} lies in [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def judge_higher(a: Sequence[float], b: Sequence[float], name_a: str, name_b: str,
+                 fmt: str = "{:.4g}") -> tuple[str, str]:
+    """Verdict and reason for "A is higher than B" (module docstring)."""
+    found = _difference(a, b, name_a, name_b, fmt)
+    if isinstance(found, str):
+        return INCONCLUSIVE, found
+    low, high, lies = found
     if low > 0:
-        return SUPPORTED, f"{name_a} − {name_b} lies in {interval}, above 0: beyond the seed-to-seed spread"
+        return SUPPORTED, f"{lies}, above 0: beyond the seed-to-seed spread"
     if high < 0:
-        return NOT_SUPPORTED, f"{name_a} − {name_b} lies in {interval}, below 0: {name_b} is higher beyond the spread"
-    return INCONCLUSIVE, f"{name_a} − {name_b} lies in {interval}, which holds 0: within the seed-to-seed spread"
+        return NOT_SUPPORTED, f"{lies}, below 0: {name_b} is higher beyond the spread"
+    return INCONCLUSIVE, f"{lies}, which holds 0: within the seed-to-seed spread"
 
 
 def judge_about_equal(a: Sequence[float], b: Sequence[float], tolerance: float, name_a: str, name_b: str,
                       fmt: str = "{:.4g}") -> tuple[str, str]:
     """Verdict and reason for "A ≈ B within ±tolerance" (module docstring)."""
-    sa, sb = spread(a), spread(b)
-    few = _few_seeds({name_a: sa, name_b: sb})
-    if few:
-        return INCONCLUSIVE, few
-    low, high = difference_interval(sa, sb)
-    interval = f"[{fmt.format(low)}, {fmt.format(high)}]"
+    found = _difference(a, b, name_a, name_b, fmt)
+    if isinstance(found, str):
+        return INCONCLUSIVE, found
+    low, high, lies = found
     band = f"±{fmt.format(tolerance)}"
     if -tolerance <= low and high <= tolerance:
-        return SUPPORTED, f"{name_a} − {name_b} lies in {interval}, inside {band}"
+        return SUPPORTED, f"{lies}, inside {band}"
     if low > tolerance or high < -tolerance:
-        return NOT_SUPPORTED, f"{name_a} − {name_b} lies in {interval}, outside {band} beyond the seed-to-seed spread"
-    return INCONCLUSIVE, (f"{name_a} − {name_b} lies in {interval}, partly outside {band}: the spread is too wide "
-                          f"to tell")
+        return NOT_SUPPORTED, f"{lies}, outside {band} beyond the seed-to-seed spread"
+    return INCONCLUSIVE, f"{lies}, partly outside {band}: the spread is too wide to tell"
 
 
 # ---------------------------------------------------------------- formatting our numbers
