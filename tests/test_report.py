@@ -487,6 +487,22 @@ def test_svg_figures_are_reproducible(tmp_path: Path) -> None:
     assert b"<svg" in first[:1000] and b"http://www.w3.org" in first  # the xmlns only, not a fetched resource
 
 
+
+@pytest.mark.parametrize("label_length", [8, 40])
+def test_shared_legend_fits_the_figure(label_length: int) -> None:
+    """Six arms under a two-panel figure (the normalisation curves): long labels take fewer columns
+    instead of running off both edges; short ones keep the columns asked for."""
+    figure = figures.new_figure(8.4, 4.1)
+    axes = figure.subplots(1, 2)
+    handles = {f"{i}-{'x' * label_length}"[:label_length]: axes[0].plot([0, 1], [i, i])[0] for i in range(6)}
+    figures.shared_legend(figure, handles, fontsize=8, max_columns=4)
+    figure.draw_without_rendering()
+    (legend,) = figure.legends
+    extent = legend.get_window_extent()
+    assert 0 <= extent.x0 and extent.x1 <= figure.bbox.width
+    assert legend._ncols == (4 if label_length == 8 else 2)
+
+
 # ---------------------------------------------------------------- reading the study
 
 def test_read_similarity_round_trips_to_dict(tmp_path: Path) -> None:

@@ -52,6 +52,18 @@ def spans_decades(values: np.ndarray) -> bool:
     return positive.size > 1 and float(positive.max() / positive.min()) > 10.0
 
 
+def shared_legend(figure: Figure, handles: Mapping[str, object], *, fontsize: float, max_columns: int) -> None:
+    """One legend below the panels in as many columns (at most max_columns) as fit the figure's
+    width: constrained layout centres a wider legend and cuts it off at both edges."""
+    renderer = figure.canvas.get_renderer()
+    for columns in range(min(max_columns, len(handles)), 0, -1):
+        legend = figure.legend(list(handles.values()), list(handles), loc="outside lower center",
+                               ncols=columns, fontsize=fontsize, frameon=False)
+        if columns == 1 or legend.get_window_extent(renderer).width <= figure.bbox.width:
+            return
+        legend.remove()
+
+
 # ---------------------------------------------------------------- curves
 
 @dataclass(frozen=True)
@@ -105,8 +117,7 @@ def curves_figure(panels: Sequence[tuple[str, Sequence[Curve]]], path: Path, *, 
     for axes in axes_list[len(panels):]:
         axes.set_visible(False)
     if handles:
-        figure.legend(list(handles.values()), list(handles), loc="outside lower center",
-                      ncols=min(max(2, 2 * min(columns, len(panels))), len(handles)), fontsize=8, frameon=False)
+        shared_legend(figure, handles, fontsize=8, max_columns=max(2, 2 * min(columns, len(panels))))
     return save(figure, path)
 
 
@@ -203,8 +214,7 @@ def depth_profile_figure(panels: Sequence[tuple[str, str, tuple[float, float], S
         for handle, label in zip(*axes.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     if handles:
-        figure.legend(list(handles.values()), list(handles), loc="outside lower center",
-                      ncols=min(4, len(handles)), fontsize=7, frameon=False)
+        shared_legend(figure, handles, fontsize=7, max_columns=4)
     return save(figure, path)
 
 
@@ -413,8 +423,7 @@ def layer_profiles_figure(panels: Sequence[tuple[str, Sequence[Profile]]], path:
     for axes in axes_list[len(panels):]:
         axes.set_axis_off()
     if handles:
-        figure.legend(list(handles.values()), list(handles), loc="outside lower center",
-                      ncols=min(5, len(handles)), fontsize=7, frameon=False)
+        shared_legend(figure, handles, fontsize=7, max_columns=5)
     return save(figure, path)
 
 

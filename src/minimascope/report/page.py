@@ -45,6 +45,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 FILTER_LAYERS = ("layer3.1.conv1", "conv1")  # the seed's Fig 8 layer, and the stem's colour kernels
 OPTIMIZERS = ("sgd", "adahessian")
 PAIR_RULE = " vs "
+LOSS = "{:#.4g}"  # four significant digits, trailing zeros kept so a column lines up (1.700, not 1.7)
 
 # How each measure maps to anatome, the library the seed used (anatome.distance; all its values are distances).
 ANATOME = {
@@ -290,7 +291,7 @@ def table_rows(study: Study) -> list[dict[str, Any]]:
             "status_short": _arm_status_short(study, arm), "complete": bool(runs) and all(r.completed for r in runs),
             "accuracy": accuracy, "accuracy_text": _ci_cells(accuracy, claims.PERCENT),
             "seed_accuracy": claims.SEED_TEST_ACCURACY.get(arm),
-            "train_loss": loss, "train_loss_text": _ci_cells(loss, "{:.4g}"),
+            "train_loss": loss, "train_loss_text": _ci_cells(loss, LOSS),
             "epoch_time": (epoch_mean, epoch_std),
             "epoch_time_text": "—" if epoch_mean is None else f"{epoch_mean:.2f} ± {epoch_std:.2f} s",
             "step_time": float(np.mean(step)) if step else None,
@@ -407,7 +408,7 @@ def normalisation_section(ctx: Context) -> dict[str, Any]:
             loss = study.values(arm, "train_loss")
             accuracy = study.values(arm, "test_accuracy")
             rows.append({"optimizer": optimizer, "arm": arm, "reading": reading_text(arm, config),
-                         "status_short": _arm_status_short(study, arm), "train_loss": _ci_cells(loss, "{:.4g}"),
+                         "status_short": _arm_status_short(study, arm), "train_loss": _ci_cells(loss, LOSS),
                          "accuracy": _ci_cells(accuracy, claims.PERCENT),
                          "ratio": (f"{np.mean(loss) / np.mean(normal_loss):.3g}×"
                                    if arm != normal and loss and normal_loss else "")})
