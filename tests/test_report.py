@@ -503,6 +503,28 @@ def test_shared_legend_fits_the_figure(label_length: int) -> None:
     assert legend._ncols == (4 if label_length == 8 else 2)
 
 
+
+def test_figure_text_stays_inside_the_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No title, tick, legend entry or colour-bar label is cut off at a figure's edge: the filter
+    mosaics' colour bar, the normalisation curves' legend of six long arm names, the heatmaps' layer names."""
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda figure, path: drawn.append(figure) or path)
+    kernels = {f"arm-{i}": np.random.default_rng(i).normal(0, 0.03, (64, 64, 3, 3)) for i in range(8)}
+    figures.filters_figure(kernels, tmp_path / "f.png", scale=0.0866)
+    curves = [figures.Curve(f"adahessian-scaled-normalize-{i}", "#336699", np.arange(1.0, 3.0),
+                            np.array([[2.0, 1.0 + i], [2.2, 0.9 + i]])) for i in range(6)]
+    figures.curves_figure([("train loss", curves), ("test accuracy", curves)], tmp_path / "c.svg", columns=2)
+    layers = tuple(name for name, m in models.resnet18().named_modules() if isinstance(m, nn.Conv2d | nn.Linear))
+    maps = [figures.Heatmap(f"sgd-then-adahessian vs sgd {i}", np.eye(21), layers, layers) for i in range(7)]
+    figures.heatmap_grid(maps, tmp_path / "h.png", value_range=(0.0, 2.0), kind="distance",
+                         colour_label="procrustes (distance: lower = more alike)")
+    assert len(drawn) == 3
+    for figure in drawn:  # the box around everything drawn, in inches, against the figure's own
+        drawn_box, (width, height) = figure.get_tightbbox(figure.canvas.get_renderer()), figure.get_size_inches()
+        assert -0.01 <= drawn_box.x0 and drawn_box.x1 <= width + 0.01, (drawn_box, width)
+        assert -0.01 <= drawn_box.y0 and drawn_box.y1 <= height + 0.01, (drawn_box, height)
+
+
 # ---------------------------------------------------------------- reading the study
 
 def test_read_similarity_round_trips_to_dict(tmp_path: Path) -> None:

@@ -297,7 +297,8 @@ def filters_figure(kernels: Mapping[str, np.ndarray], path: Path, *, scale: floa
     ``max_in`` channels."""
     names = list(kernels)
     rgb = all(w.shape[1] == 3 for w in kernels.values())
-    grid = Grid(len(names), min(columns, len(names)), (2.2, 2.2), (0.2, 0.3), (0.1, 0.1 if rgb else 1.0, 0.1, 0.05))
+    # The right margin holds the colour bar, its tick labels and its label.
+    grid = Grid(len(names), min(columns, len(names)), (2.2, 2.2), (0.2, 0.3), (0.1, 0.1 if rgb else 1.3, 0.1, 0.05))
     figure = Figure(figsize=grid.size)
     FigureCanvasAgg(figure)
     cmap: Colormap = colormaps[FILTER_CMAP].with_extremes(bad="white")
