@@ -37,6 +37,11 @@ TINY_ARMS = ["sgd", "adahessian", "sgd-pretrained", "adahessian-pretrained", "ad
              "adahessian-scaled-normalize"]
 
 
+def measure_files(comparison_dir: Path) -> list[str]:
+    """A comparison's result files, one per measure (all its JSON but the comparison's own record)."""
+    return sorted(p.name for p in comparison_dir.glob("*.json") if p.name != "comparison.json")
+
+
 def nodes_of(study_dir: Path) -> dict[str, dict]:
     return {n["id"]: n for n in json.loads((study_dir / "study.json").read_text())["nodes"]}
 
@@ -60,9 +65,8 @@ def assert_same_results(study_a: Path, study_b: Path, node_ids: list[str] | None
             assert weights_a.keys() == weights_b.keys()
             assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a), node_id
         elif a["kind"] == "compare":
-            measures = sorted(p.name for p in (study_a / a["path"]).glob("*.json") if p.name != "comparison.json")
-            assert measures and measures == sorted(p.name for p in (study_b / b["path"]).glob("*.json")
-                                                   if p.name != "comparison.json"), node_id
+            measures = measure_files(study_a / a["path"])
+            assert measures and measures == measure_files(study_b / b["path"]), node_id
             for measure in measures:
                 matrix_a = json.loads((study_a / a["path"] / measure).read_text())
                 matrix_b = json.loads((study_b / b["path"] / measure).read_text())
