@@ -1,4 +1,4 @@
-"""Hessian sharpness of ResNet18 on CIFAR-10 images: minimascope.landscape.hessian against PyHessian 0.1.
+"""Hessian sharpness of ResNet18 on CIFAR-10 images: minimascope.minima.sharpness against PyHessian 0.1.
 
 Both compute, for the eval-mode mean cross-entropy over the same N images (one batch, whose gradient graph
 both keep and reuse for every Hessian-vector product):
@@ -45,7 +45,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from minimascope import data  # noqa: E402
 from minimascope.env import cpu_name  # noqa: E402
-from minimascope.landscape.hessian import hessian_trace, top_eigenvalues  # noqa: E402
+from minimascope.minima.sharpness import hessian_trace, top_eigenvalues  # noqa: E402
 from minimascope.models import build_model, load_trained  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-images.tar.gz"

@@ -3,49 +3,14 @@
 from __future__ import annotations
 
 import os
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from torch import nn
 
+from helpers import TINY_NODES, make_archive, make_image_tree
 from minimascope import io, models
-from minimascope.data import CLASSES
 from minimascope.study import run_study
-
-
-def make_image_tree(root: Path, train_per_class: int = 4, test_per_class: int = 2, *, seed: int = 0,
-                    size: tuple[int, int] = (32, 32), skip: tuple[str, str] | None = None) -> dict[str, np.ndarray]:
-    """Write ``root/{train,test}/<class>/NNNN.png`` (lossless, so pixels round-trip exactly).
-
-    Returns the arrays the loader should produce: images (N, 3, 32, 32) sorted by class then name.
-    """
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
-        images, labels = [], []
-        for label, name in enumerate(CLASSES):
-            if skip == (split, name):
-                continue
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
-                images.append(pixels.transpose(2, 0, 1))
-                labels.append(label)
-        arrays[f"{split}_images"] = np.stack(images)
-        arrays[f"{split}_labels"] = np.asarray(labels)
-    return arrays
-
-
-def make_archive(tree: Path, archive: Path, top: str = "cifar10-images") -> Path:
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(tree, arcname=top)
-    return archive
 
 
 @pytest.fixture(autouse=True)
@@ -94,19 +59,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def conv_bn_net() -> nn.Module:
-    """A tiny 2-D net for second-order tests: BN on the raw input (its input needs no gradient), BN
-    after a biased conv (a zero Hessian block), tanh for curvature. Input (N, 1, 8, 8), 3 classes."""
-    return nn.Sequential(
-        nn.BatchNorm2d(1), nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(),
-        nn.Linear(72, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 3),
-    )
-
-
-# The tiny preset's nodes: 10 runs, 6 comparisons and 12 analyses of the minima (see tiny.yaml).
-TINY_NODES = 28
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from helpers import assert_one_line_error
 from minimascope import io, models
 from minimascope.cli import app
-from test_train import assert_one_line_error
 
 
 def weights_file(path: Path, seed: int, num_classes: int = 10, std_multiplier=(1.0, 1.0, 1.0)) -> Path:

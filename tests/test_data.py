@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_archive, make_image_tree
+from helpers import make_archive, make_image_tree, write_batches_py
 from minimascope import data
 from minimascope.errors import MinimascopeError
 
@@ -16,19 +15,6 @@ from minimascope.errors import MinimascopeError
 def assert_loaded(cifar: data.Cifar10, expected: dict[str, np.ndarray]) -> None:
     for name, array in expected.items():
         assert np.array_equal(getattr(cifar, name).numpy(), array), name
-
-
-def write_batches_py(folder: Path, arrays: dict[str, np.ndarray]) -> None:
-    """torchvision's cifar-10-batches-py layout: 5 training pickles and one test pickle."""
-    folder.mkdir(parents=True)
-    train_x = arrays["train_images"].reshape(len(arrays["train_images"]), -1)
-    parts = np.array_split(np.arange(len(train_x)), 5)
-    for i, part in enumerate(parts, start=1):
-        entry = {b"data": train_x[part], b"labels": arrays["train_labels"][part].tolist()}
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(entry))
-    test = {b"data": arrays["test_images"].reshape(len(arrays["test_images"]), -1),
-            b"labels": arrays["test_labels"].tolist()}
-    (folder / "test_batch").write_bytes(pickle.dumps(test))
 
 
 def test_image_folder_tree_and_archive_decode_to_the_same_pixels(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from conftest import conv_bn_net
+from helpers import conv_bn_net
 from minimascope.curvature import hessian_vector_product, rademacher_like
 from minimascope.fast_layers import fast_forward
 

@@ -20,12 +20,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_archive, make_image_tree
+from helpers import assert_one_line_error, invoke, make_archive, make_image_tree, write_batches_py
 from minimascope import data, io, models, runs
 from minimascope.cli import app
 from minimascope.config import BLOCK_STATS, TrainConfig
-from test_data import write_batches_py
-from test_train import assert_one_line_error, invoke
 
 TINY = ["--epochs", "1", "--train-subset", "100", "--test-subset", "50", "--batch-size", "50",
         "--eval-batch-size", "50"]

@@ -10,27 +10,21 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
+from helpers import assert_one_line_error, invoke, small_config
 from minimascope import models
-from minimascope.analysis.mistakes import ONLY_A_PNG, ONLY_B_PNG, read_mistakes
-from minimascope.analysis.weights import SPECTRA_PNG, read_weight_statistics
-from minimascope.cli import app
 from minimascope.io import atomic_torch_save, atomic_write_json
-from minimascope.landscape.connectivity import CONNECTIVITY_PNG, read_connectivity
-from minimascope.landscape.hessian import DENSITY_PNG, read_sharpness
+from minimascope.minima.connectivity import CONNECTIVITY_PNG, read_connectivity
+from minimascope.minima.mistakes import ONLY_A_PNG, ONLY_B_PNG, read_mistakes
+from minimascope.minima.sharpness import DENSITY_PNG, read_sharpness
+from minimascope.minima.weights import SPECTRA_PNG, read_weight_statistics
 from minimascope.runs import FINAL_WEIGHTS, INITIAL_WEIGHTS, RUN_FORMAT, RUN_JSON, read_predictions
 from minimascope.train import train
-from test_train import assert_one_line_error, small_config
 
 # Each Hessian-vector product of resnet18 costs about a second on a CPU: few of them (the math is tested in
 # test_landscape.py on networks whose Hessian is formed exactly; here the shell, its files and its settings).
 FAST_SHARPNESS = ("--images", "10", "--k", "2", "--tol", "0.5", "--max-iter", "3", "--rel-error", "0.5",
                   "--max-probes", "2", "--density-steps", "2", "--device", "cpu")
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
 
 
 @pytest.fixture(scope="module")

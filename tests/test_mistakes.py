@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from scipy.stats import fisher_exact, hypergeom
 
-from minimascope.analysis.mistakes import (
+from minimascope.errors import MinimascopeError
+from minimascope.minima.mistakes import (
     MISTAKES_FORMAT,
     Mistake,
     compare_mistakes,
@@ -25,7 +26,6 @@ from minimascope.analysis.mistakes import (
     read_mistakes,
     write_mistakes,
 )
-from minimascope.errors import MinimascopeError
 
 
 def predictions_wrong_at(labels: np.ndarray, wrong: list[int], num_classes: int = 10) -> np.ndarray:

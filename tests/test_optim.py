@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import conv_bn_net
+from helpers import conv_bn_net
 from minimascope.curvature import block_statistic, hessian_vector_product, hutchinson_diagonal, rademacher_like
 from minimascope.fast_layers import fast_forward
 from minimascope.optim import OPTIMIZERS, AdaHessian, build_optimizer, needs_create_graph

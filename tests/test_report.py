@@ -18,15 +18,15 @@ from scipy import stats
 from torch import nn
 
 from minimascope import models
-from minimascope.analysis.mistakes import compare_mistakes, write_mistakes
-from minimascope.analysis.weights import layer_statistics, write_weight_statistics
 from minimascope.errors import MinimascopeError
 from minimascope.io import atomic_torch_save, atomic_write_json, atomic_write_text
-from minimascope.landscape.connectivity import Connectivity, PathCurve, write_connectivity
-from minimascope.landscape.hessian import Density, Sharpness, TopEigenvalues, TraceEstimate, write_sharpness
+from minimascope.minima.connectivity import Connectivity, PathCurve, write_connectivity
+from minimascope.minima.mistakes import compare_mistakes, write_mistakes
+from minimascope.minima.sharpness import Density, Sharpness, TopEigenvalues, TraceEstimate, write_sharpness
+from minimascope.minima.weights import layer_statistics, write_weight_statistics
 from minimascope.report import claims, figures, write_report
 from minimascope.report.page import SECTIONS, layer_with_itself, pooled_mean_std
-from minimascope.report.results import read_similarity, read_study
+from minimascope.results import read_similarity, read_study
 from minimascope.runs import METRIC_COLUMNS, RUN_FORMAT
 from minimascope.similarity import MEASURES, SimilarityMatrix
 
@@ -781,7 +781,7 @@ def test_mistakes_section_counts(report_page: Path) -> None:
 
 
 def test_seed_statistics_hold_the_optimizers_against_seeds(report_page: Path) -> None:
-    from minimascope.analysis.seeds import read_optimizer_effect_tests
+    from minimascope.optimizer_effect import read_optimizer_effect_tests
 
     tests = read_optimizer_effect_tests(report_page.parent / "seeds-sgd_vs_adahessian")
     assert len(tests) == len(MEASURE_NAMES) * len(resnet18_layers())

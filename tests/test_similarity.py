@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from minimascope.analysis.compare import write_similarity
+from minimascope.compare import write_similarity
 from minimascope.errors import MinimascopeError
 from minimascope.similarity import (
     EXACT_EIGEN_LIMIT,

@@ -19,7 +19,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import TINY_NODES
+from helpers import TINY_NODES, assert_one_line_error
 from minimascope import io, models, runs
 from minimascope.cli import app
 from minimascope.errors import MinimascopeError
@@ -29,7 +29,6 @@ from minimascope.study.spec import load_study, preset_path
 from minimascope.study.state import SUMMARY_COLUMNS, remaining_seconds
 from minimascope.study.tasks import result
 from minimascope.train import run_key
-from test_train import assert_one_line_error
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY_ARMS = ["sgd", "adahessian", "sgd-pretrained", "adahessian-pretrained", "adahessian-then-sgd",

@@ -13,33 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
+from helpers import assert_one_line_error, invoke, small_config
 from minimascope import io, models, runs
-from minimascope.cli import app
 from minimascope.config import TrainConfig, milestone_epochs
 from minimascope.errors import MinimascopeError
 from minimascope.train import train
 
 SMALL = ["--train-subset", "200", "--test-subset", "100", "--batch-size", "50", "--eval-batch-size", "100"]
-
-
-def small_config(source: str, **changes) -> TrainConfig:
-    values = dict(optimizer="sgd", epochs=2, train_subset=200, test_subset=100, batch_size=50,
-                  eval_batch_size=100, data=source)
-    return TrainConfig(**{**values, **changes})
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
-
-
-def assert_one_line_error(result, pattern: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert pattern in " ".join(result.output.split()), result.output
 
 
 def test_cli_train_writes_the_run_directory(cifar_source: str, tmp_path: Path) -> None:
@@ -203,7 +184,7 @@ def test_milestones_and_value_conversion() -> None:
 def test_cold_and_warm_cache_give_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A source decoded just now and the same source read back from the cache train identically
     (decoded images once had a channels-last layout, which ran other conv kernels)."""
-    from conftest import make_image_tree
+    from helpers import make_image_tree
 
     make_image_tree(tmp_path / "tree", train_per_class=10, test_per_class=5)
     monkeypatch.setenv("MINIMASCOPE_CACHE", str(tmp_path / "cache"))

@@ -10,11 +10,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from helpers import assert_one_line_error
 from minimascope import data, runs
 from minimascope.cli import app
 from minimascope.study.spec import load_study
 from minimascope.tune import load_tune, rank_settings
-from test_train import assert_one_line_error
 
 GRID = {"defaults": {"epochs": 1, "train_subset": 120, "test_subset": 20, "eval_batch_size": 50},
         "folds": 3, "seed": 4, "grid": {"optimizer": "sgd", "lr": [0.01, 0.1]}}

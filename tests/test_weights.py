@@ -15,7 +15,8 @@ from PIL import Image
 from scipy.stats import entropy
 from torch import nn
 
-from minimascope.analysis.weights import (
+from minimascope.errors import MinimascopeError
+from minimascope.minima.weights import (
     WEIGHTS_FORMAT,
     effective_rank,
     layer_statistics,
@@ -26,7 +27,6 @@ from minimascope.analysis.weights import (
     weight_layers,
     write_weight_statistics,
 )
-from minimascope.errors import MinimascopeError
 from minimascope.models import build_model
 
 

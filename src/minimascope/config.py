@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from minimascope.errors import MinimascopeError
+from minimascope.io import digest
 
 OPTIMIZERS = ("sgd", "adahessian")
 ARCHITECTURES = ("resnet18", "resnet18-cifar")
@@ -145,16 +144,12 @@ class TrainConfig:
     def hash(self) -> str:
         """A digest of what the run computes, from its options alone (paths left out)."""
         hashed = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED + PATH_FIELDS}
-        return _digest(hashed)
+        return digest(hashed)
 
     def key(self, data_key: str, init_key: str | None) -> str:
         """The run's identity: its options, the content key of its data and of the weights it
         starts from (another run's key or a weights file's digest), never the paths to them."""
-        return _digest({"config": self.hash(), "data": data_key, "init": init_key})
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+        return digest({"config": self.hash(), "data": data_key, "init": init_key})
 
 
 def help_text(name: str) -> str:

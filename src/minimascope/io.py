@@ -8,6 +8,7 @@ and YAML with the safe loader.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,16 @@ from minimascope.errors import MinimascopeError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def now() -> str:
+    """The time a record states (started, finished, updated): UTC, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def digest(obj: Any) -> str:
+    """A record's identity by content: 16 hex digits of the SHA-256 of its canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class WriteError(MinimascopeError):

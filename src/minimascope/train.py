@@ -19,7 +19,6 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -133,10 +132,6 @@ def evaluate_with_predictions(model: nn.Module, images: torch.Tensor, labels: to
     classes = torch.cat(predicted)
     accuracy = (classes == labels).sum().item() / len(labels)
     return loss_sum.item() / len(labels), accuracy, classes.to("cpu", torch.int64)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class _Run:
@@ -342,7 +337,7 @@ def _train_locked(config: TrainConfig, run_dir: Path, key: str, resume: bool, pr
 def _train_loop(run: _Run, progress: TrainProgress | None, fresh: bool) -> dict[str, Any]:
     config, run_dir = run.config, run.run_dir
     run.record = {"format": runs.RUN_FORMAT, "status": "running", "config": config.to_dict(), "key": run.key,
-                  **environment(run.device), "started": _now(), "epochs_completed": run.epoch}
+                  **environment(run.device), "started": io.now(), "epochs_completed": run.epoch}
     run.write_record()  # first: from here on the folder is a run that --resume continues
     if fresh:
         io.atomic_torch_save(run_dir / runs.INITIAL_WEIGHTS, run.weights())
@@ -368,7 +363,7 @@ def _train_loop(run: _Run, progress: TrainProgress | None, fresh: bool) -> dict[
                     _evaluate_splits(run, row)
                 except Diverged as exc:
                     run.write_record(status="diverged", diverged_epoch=run.epoch + 1, diverged_loss=str(exc),
-                                     finished=_now())
+                                     finished=io.now())
                     return run.record
                 row["eval_time_s"] = time.perf_counter() - evaluated
                 row["epoch_time_s"] = time.perf_counter() - started
@@ -386,7 +381,7 @@ def _train_loop(run: _Run, progress: TrainProgress | None, fresh: bool) -> dict[
     except MinimascopeError:
         raise
     except Exception as exc:
-        run.write_record(status="failed", error=f"{type(exc).__name__}: {exc}", finished=_now())
+        run.write_record(status="failed", error=f"{type(exc).__name__}: {exc}", finished=io.now())
         raise
     finally:
         writer.close()
@@ -395,7 +390,7 @@ def _train_loop(run: _Run, progress: TrainProgress | None, fresh: bool) -> dict[
     epoch_times = [row["epoch_time_s"] for row in run.history]
     last = run.history[-1]
     run.write_record(
-        status="completed", finished=_now(),
+        status="completed", finished=io.now(),
         final={k: last[k] for k in runs.FINAL_METRICS},
         time_per_epoch_s={"mean": statistics.fmean(epoch_times),
                           "std": statistics.stdev(epoch_times) if len(epoch_times) > 1 else 0.0},

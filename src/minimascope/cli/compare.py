@@ -29,7 +29,7 @@ def compare_command(
     batch_size: int = typer.Option(500, help="images per forward pass"),
 ) -> None:
     """Compare every layer of network A with every layer of network B on the CIFAR-10 test set."""
-    from minimascope.analysis.compare import compare_networks
+    from minimascope.compare import compare_networks
 
     out_dir = out or Path("comparisons") / f"{run_a.resolve().name}_vs_{run_b.resolve().name}"
     with RichStageProgress() as progress:

@@ -44,7 +44,7 @@ def sharpness_command(
     batch_size: int = typer.Option(1000, help="images per Hessian-vector product batch (memory, not results)"),
 ) -> None:
     """Top Hessian eigenvalues, trace and eigenvalue density of a run's training loss (eval mode)."""
-    from minimascope.landscape.hessian import sharpness_of_run
+    from minimascope.minima.sharpness import sharpness_of_run
 
     out_dir = _default_out(out, "sharpness", run)
     result = sharpness_of_run(run, out_dir, images=images, data_source=data_source, device=device, seed=seed, k=k,
@@ -75,7 +75,7 @@ def connect_command(
     batch_size: int = typer.Option(500, help="images per forward pass"),
 ) -> None:
     """Loss and error along the straight line between two runs' weights, and its barrier."""
-    from minimascope.landscape.connectivity import connectivity_of_runs
+    from minimascope.minima.connectivity import connectivity_of_runs
 
     out_dir = _default_out(out, "connectivity", run_a, run_b)
     result = connectivity_of_runs(run_a, run_b, out_dir, points=points, images=images, align=align,
@@ -96,7 +96,7 @@ def weights_command(
     out: Optional[Path] = typer.Option(None, help="output folder (default: analyses/<run>/weights)"),
 ) -> None:
     """Per conv/linear layer: norm, distance from init, effective and stable rank, small weights, spectrum."""
-    from minimascope.analysis.weights import weights_of_run
+    from minimascope.minima.weights import weights_of_run
 
     out_dir = _default_out(out, "weights", run)
     stats = weights_of_run(run, out_dir, threshold=threshold)
@@ -117,7 +117,7 @@ def mistakes_command(
     data_source: Optional[str] = typer.Option(None, "--data", help=DATA_HELP + "; for the image grids"),
 ) -> None:
     """Which test images two runs get wrong: both, only A, only B, against independent errors."""
-    from minimascope.analysis.mistakes import mistakes_of_runs
+    from minimascope.minima.mistakes import mistakes_of_runs
 
     out_dir = _default_out(out, "mistakes", run_a, run_b)
     c = mistakes_of_runs(run_a, run_b, out_dir, data_source=data_source)

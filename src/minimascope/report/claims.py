@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minimascope.analysis.seeds import ConfidenceInterval, mean_confidence_interval
+from minimascope.stats import ConfidenceInterval, mean_confidence_interval
 
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"

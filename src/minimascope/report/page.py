@@ -7,7 +7,7 @@ Each section is one context function here (``Context`` → dict for its template
 (``data_used``) and what it could not show (``missing``). To add a section: write its function,
 its template, and one :class:`Section` line.
 
-The report reads result files only (:mod:`minimascope.report.results`); it never trains or
+The report reads result files only (:mod:`minimascope.results`); it never trains or
 compares anything. Links are relative and nothing is fetched from a network, so the folder can be
 zipped and opened anywhere.
 """
@@ -35,7 +35,7 @@ from minimascope.errors import MinimascopeError
 from minimascope.io import atomic_write_bytes, atomic_write_text
 from minimascope.models import read_weights
 from minimascope.report import claims, figures
-from minimascope.report.results import Comparison, RunResult, Study, read_study
+from minimascope.results import Comparison, RunResult, Study, read_study
 from minimascope.similarity import MEASURES, SimilarityMatrix
 
 REPORT_DIR = "report"
@@ -715,7 +715,7 @@ def _images_text(counts: set[Any], what: str) -> str:
 def sharpness_section(ctx: Context) -> dict[str, Any]:
     import torch  # the library's smoothing, so the page draws what `sharpness` draws
 
-    from minimascope.landscape.hessian import smooth_density
+    from minimascope.minima.sharpness import smooth_density
 
     study = ctx.study
     groups = _by_arms(study.completed_analyses("sharpness"))
@@ -921,12 +921,8 @@ def _scalar_values(study: Study, arm: str, name: str) -> list[float]:
 
 
 def seeds_section(ctx: Context) -> dict[str, Any]:
-    from minimascope.analysis.seeds import (
-        layer_values,
-        optimizer_effect_tests,
-        permutation_test,
-        write_optimizer_effect_tests,
-    )
+    from minimascope.optimizer_effect import layer_values, optimizer_effect_tests, write_optimizer_effect_tests
+    from minimascope.stats import permutation_test
 
     study = ctx.study
     within_of = {}

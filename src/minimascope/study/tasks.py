@@ -162,7 +162,7 @@ class CompareKind:
         return {**result("completed"), "key": record.get("key")}
 
     def run(self, node: Node, study_dir: Path, report: Report) -> dict[str, Any]:
-        from minimascope.analysis.compare import compare_networks
+        from minimascope.compare import compare_networks
 
         settings = node.params["settings"]
         run_a, run_b = (study_dir / p for p in node.params["run_paths"])
@@ -214,7 +214,7 @@ class SharpnessKind(_AnalysisKind):
     name = "sharpness"
 
     def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
-        from minimascope.landscape.hessian import sharpness_of_run
+        from minimascope.minima.sharpness import sharpness_of_run
 
         sharpness_of_run(runs[0], out, data_source=data, device=device, **options)
 
@@ -226,7 +226,7 @@ class WeightsKind(_AnalysisKind):
     name = "weights"
 
     def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
-        from minimascope.analysis.weights import weights_of_run
+        from minimascope.minima.weights import weights_of_run
 
         weights_of_run(runs[0], out, **options)
 
@@ -238,7 +238,7 @@ class ConnectivityKind(_AnalysisKind):
     name = "connectivity"
 
     def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
-        from minimascope.landscape.connectivity import connectivity_of_runs
+        from minimascope.minima.connectivity import connectivity_of_runs
 
         connectivity_of_runs(runs[0], runs[1], out, data_source=data, device=device, **options)
 
@@ -250,7 +250,7 @@ class MistakesKind(_AnalysisKind):
     name = "mistakes"
 
     def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
-        from minimascope.analysis.mistakes import mistakes_of_runs
+        from minimascope.minima.mistakes import mistakes_of_runs
 
         mistakes_of_runs(runs[0], runs[1], out, data_source=data, **options)
 

@@ -446,21 +446,6 @@ def density_figure(density: Density, path: str | Path, *, title: str, points: in
 # ----------------------------------------------------------------------------- a run's sharpness, on disk
 
 
-def balanced_inputs(payload: dict[str, Any], images: Tensor, labels: Tensor, size: int,
-                    seed: int) -> tuple[Tensor, Tensor]:
-    """A class-balanced subset of ``size`` uint8 images (all when ``size`` is their number), normalised
-    the way the network of ``payload`` (a weights payload) was trained, with its labels."""
-    from minimascope import data
-
-    if not 1 <= size <= len(labels):
-        raise MinimascopeError(f"--images must be in 1..{len(labels)}, got {size}")
-    if size < len(labels):
-        index = data.balanced_subset(labels, size, seed=seed)
-        images, labels = images[index], labels[index]
-    normalization = data.Normalization(**{k: tuple(v) for k, v in payload["normalization"].items()})
-    return normalization(images), labels
-
-
 def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 1000, data_source: str | None = None,
                      device: str = "auto", seed: int = 0, k: int = 3, tol: float = 1e-3, max_iter: int = 100,
                      rel_error: float = 1e-2, max_probes: int = 1000, density_steps: int = 64,
@@ -470,8 +455,8 @@ def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 
     optimizer minimised), normalised as the run was trained; written to ``out_dir`` with the images
     used stated in the JSON's settings."""
     from minimascope import data, models
-    from minimascope.analysis.weights import check_analysis_folder
     from minimascope.env import resolve_device
+    from minimascope.minima.common import balanced_inputs, check_analysis_folder
 
     out = check_analysis_folder(out_dir)
     torch_device = resolve_device(device)

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from conftest import conv_bn_net
+from helpers import conv_bn_net
 from minimascope.curvature import rademacher_like
 from minimascope.errors import MinimascopeError
-from minimascope.landscape import connectivity, hessian, matching
+from minimascope.minima import connectivity, matching
+from minimascope.minima import sharpness as hessian
 from minimascope.models import build_model
 
 # Tiny tensors: on shared cores a second OpenMP thread makes each op much slower.

@@ -303,15 +303,15 @@ def _seed_comparison(node: dict[str, Any], root: Path, measures: Iterable[str], 
 def _reader(kind: str) -> tuple[str, Any]:
     """The result file of an analysis kind and its reader (imported here: each pulls its own module)."""
     if kind == "sharpness":
-        from minimascope.landscape.hessian import SHARPNESS_JSON, read_sharpness
+        from minimascope.minima.sharpness import SHARPNESS_JSON, read_sharpness
         return SHARPNESS_JSON, read_sharpness
     if kind == "weights":
-        from minimascope.analysis.weights import WEIGHTS_JSON, read_weight_statistics
+        from minimascope.minima.weights import WEIGHTS_JSON, read_weight_statistics
         return WEIGHTS_JSON, read_weight_statistics
     if kind == "connectivity":
-        from minimascope.landscape.connectivity import CONNECTIVITY_JSON, read_connectivity
+        from minimascope.minima.connectivity import CONNECTIVITY_JSON, read_connectivity
         return CONNECTIVITY_JSON, read_connectivity
-    from minimascope.analysis.mistakes import MISTAKES_JSON, read_mistakes
+    from minimascope.minima.mistakes import MISTAKES_JSON, read_mistakes
     return MISTAKES_JSON, read_mistakes
 
 

@@ -10,7 +10,7 @@ since the running statistics of an interpolated network are not those of either 
   forward passes without gradients with ``momentum=None`` (a cumulative average over the batches), as in
   Jordan et al. 2023 (REPAIR) and Ainsworth et al. 2023. Only the statistics change, never the weights.
 
-With ``align=True`` B is also first permuted onto A by weight matching (``minimascope.landscape.matching``),
+With ``align=True`` B is also first permuted onto A by weight matching (``minimascope.minima.matching``),
 which changes B's weights but not its function, and each variant is repeated on that path
 (named ``<bn>+matched``).
 """
@@ -163,7 +163,7 @@ def linear_connectivity(model_a: nn.Module, model_b: nn.Module, train_images: Te
     alphas = torch.linspace(0, 1, points, dtype=torch.float64).tolist()
     targets = [("", model_b)]
     if align:
-        from minimascope.landscape.matching import weight_matching
+        from minimascope.minima.matching import weight_matching
 
         targets.append((MATCHED, weight_matching(model_a, model_b, seed=seed)))
     state_a = model_a.state_dict()
@@ -236,9 +236,8 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
     must have been trained on identically normalised inputs: between two normalisations no path means
     anything."""
     from minimascope import data, models
-    from minimascope.analysis.weights import check_analysis_folder
     from minimascope.env import resolve_device
-    from minimascope.landscape.hessian import balanced_inputs
+    from minimascope.minima.common import balanced_inputs, check_analysis_folder
 
     out = check_analysis_folder(out_dir)
     torch_device = resolve_device(device)

@@ -349,7 +349,7 @@ def mistakes_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
     to ``out_dir`` with grids of the test images (from the CIFAR-10 source, by each prediction's
     ``test_index``) that only one run gets wrong. Both runs must have predicted the same test images."""
     from minimascope import data
-    from minimascope.analysis.weights import check_analysis_folder
+    from minimascope.minima.common import check_analysis_folder
     from minimascope.runs import read_predictions
 
     out = check_analysis_folder(out_dir)

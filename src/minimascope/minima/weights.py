@@ -292,21 +292,6 @@ def read_weight_statistics(path: str | Path) -> WeightStatistics:
 # ----------------------------------------------------------------------------- run-level shells
 
 
-def check_analysis_folder(out_dir: str | Path) -> Path:
-    """Refuse an output folder that is a file or lies in a run directory (a run directory holds
-    only what its training wrote; analyses go elsewhere, e.g. ``analyses/<run>/<analysis>``)."""
-    from minimascope.runs import RUN_JSON
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MinimascopeError(f"--out {out} is a file; name a folder for the results")
-    for folder in (out.resolve(), *out.resolve().parents):
-        if (folder / RUN_JSON).is_file():
-            raise MinimascopeError(f"--out {out} is inside run directory {folder}; analyses are written elsewhere "
-                                   f"(default: analyses/<run>/...)")
-    return out
-
-
 def weights_of_run(run_dir: str | Path, out_dir: str | Path, *,
                    threshold: float = DEFAULT_THRESHOLD) -> WeightStatistics:
     """:func:`layer_statistics` of a run's final weights, distances taken from its ``initial.pt``,
@@ -314,6 +299,7 @@ def weights_of_run(run_dir: str | Path, out_dir: str | Path, *,
     file; then, or when a run directory has no ``initial.pt``, distances are left out (with a warning)."""
     import warnings
 
+    from minimascope.minima.common import check_analysis_folder
     from minimascope.models import read_weights
     from minimascope.runs import INITIAL_WEIGHTS
 

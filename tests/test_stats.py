@@ -11,19 +11,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from minimascope.analysis.seeds import (
+from minimascope.errors import MinimascopeError
+from minimascope.optimizer_effect import (
     SEEDS_FORMAT,
     layer_values,
-    mean_confidence_interval,
     optimizer_effect_tests,
-    permutation_test,
     read_optimizer_effect_tests,
-    t_central_mass,
-    t_quantile,
     write_optimizer_effect_tests,
 )
-from minimascope.errors import MinimascopeError
 from minimascope.similarity import SimilarityMatrix
+from minimascope.stats import mean_confidence_interval, permutation_test, t_central_mass, t_quantile
 
 # ----------------------------------------------------------------------------- t distribution and intervals
 
