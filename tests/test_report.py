@@ -553,11 +553,11 @@ def test_read_study_refuses_a_folder_without_study_json(tmp_path: Path) -> None:
 def test_read_study_numbers(fake_study: Path) -> None:
     study = read_study(fake_study)
     assert study.seeds == [0, 1] and list(study.arms) == list(ARMS)
-    assert study.runs[("sgd-pretrained", 0)].status_text == f"skipped: {SKIP_REASON}"
-    assert study.runs[("adahessian-scaled-normalize", 1)].status_text == "diverged at epoch 2"
+    assert study.run_results[("sgd-pretrained", 0)].status_text == f"skipped: {SKIP_REASON}"
+    assert study.run_results[("adahessian-scaled-normalize", 1)].status_text == "diverged at epoch 2"
     assert len(study.values("sgd", "test_accuracy")) == 2 and study.values("sgd-pretrained", "test_accuracy") == []
     assert study.values("adahessian-scaled-normalize", "test_accuracy") == [
-        study.runs[("adahessian-scaled-normalize", 0)].value("test_accuracy")]
+        study.run_results[("adahessian-scaled-normalize", 0)].value("test_accuracy")]
     assert study.measures == list(MEASURE_NAMES) and ("sgd", "sgd") in study.pairs()
     assert not study.missing
 

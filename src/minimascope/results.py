@@ -124,7 +124,7 @@ class Analysis:
 class Study:
     root: Path
     record: dict[str, Any]  # study.json as written
-    runs: dict[tuple[str, int], RunResult]
+    run_results: dict[tuple[str, int], RunResult]
     comparisons: list[Comparison]
     missing: list[str]  # "<relative path>: <why>" for every expected file that could not be read
     seed_comparisons: list[SeedComparison] = field(default_factory=list)
@@ -156,7 +156,7 @@ class Study:
         return asked + [m for m in found if m not in asked]
 
     def arm_runs(self, arm: str) -> list[RunResult]:
-        return sorted((r for (a, _), r in self.runs.items() if a == arm), key=lambda r: r.seed)
+        return sorted((r for (a, _), r in self.run_results.items() if a == arm), key=lambda r: r.seed)
 
     def values(self, arm: str, column: str) -> list[float]:
         """One number per completed seed of ``arm`` (seed order), from summary.csv."""

@@ -217,7 +217,7 @@ def study_section(ctx: Context) -> dict[str, Any]:
     compare_nodes = [{"label": c.label, "seed": c.seed, "status": c.status, "reason": c.reason or ""}
                      for c in study.comparisons]
     compare = record.get("compare", {})
-    not_done = [f"run {r.arm} seed {r.seed}: {r.status_text}" for r in study.runs.values() if not r.completed]
+    not_done = [f"run {r.arm} seed {r.seed}: {r.status_text}" for r in study.run_results.values() if not r.completed]
     not_done += [f"comparison {c.label} seed {c.seed}: {c.status}" + (f" ({c.reason})" if c.reason else "")
                  for c in study.comparisons if c.status != "completed"]
     data = record.get("data", {})
