@@ -1,3 +1,19 @@
-"""minimascope: which minimum did each optimizer find, and how do these minima differ?"""
+"""minimascope: which minimum did each optimizer find, and how do these minima differ?
+
+``minimascope.load_study(path)`` reads a finished (or partial) study directory back as pandas DataFrames
+(:func:`minimascope.results.load_study`).
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "load_study"]
+
+
+def __getattr__(name: str) -> Any:
+    # load_study is imported on first use, so `import minimascope` (the CLI's start-up) loads no torch or pandas.
+    if name == "load_study":
+        from minimascope.results import load_study
+
+        return load_study
+    raise AttributeError(f"module 'minimascope' has no attribute {name!r}")

@@ -1,4 +1,12 @@
-"""What the report reads: a study directory as ``minimascope study`` leaves it (STUDY_FORMAT.md).
+"""A study directory read back: ``load_study(path)``, for notebooks and for the report (one reader, two users).
+
+>>> study = load_study("studies/quick")
+>>> study.runs.groupby("arm").test_accuracy.mean()
+
+The returned :class:`Study` has pandas DataFrames (``runs``, ``curves``, ``similarity``, ``sharpness``,
+``connectivity``, ``weights``, ``mistakes``; their columns in :mod:`minimascope.frames`), with fixed columns
+and empty when the study did not run that analysis, and the typed results behind them (``run_results``,
+``comparisons``, ``seed_comparisons``, ``analyses``) that the report lays out.
 
 ``study.json`` must exist and be readable (else one-line MinimascopeError: this is not a study).
 Everything else may be missing (a partial or interrupted study): each absent or unreadable file
@@ -8,6 +16,7 @@ becomes a line in :attr:`Study.missing` with the reason, and the report shows wh
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 from collections.abc import Iterable
@@ -17,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from minimascope import frames
+from minimascope.analyses import ANALYSES, PER_RUN
 from minimascope.errors import MinimascopeError
 from minimascope.io import read_json
 from minimascope.runs import FINAL_WEIGHTS, RUN_JSON, read_metrics, read_run_json
@@ -96,19 +107,14 @@ class SeedComparison:
     matrices: dict[str, SimilarityMatrix] = field(default_factory=dict)
 
 
-# Analysis node kinds: where the study writes each (STUDY_FORMAT.md), the file the report reads, its reader.
-ANALYSIS_KINDS = ("sharpness", "weights", "connectivity", "mistakes")
-PER_RUN = ("sharpness", "weights")  # the others are per compared pair
-
-
 @dataclass
 class Analysis:
-    """One analysis node: per run (``arms`` = (arm,)) or per pair of arms, one seed; ``result`` is what
-    the kind's reader returns (Sharpness, WeightStatistics, Connectivity, MistakeComparison)."""
+    """One analysis node: per run (``arms`` = (arm,)) or per pair of arms, one seed (None: over all seeds);
+    ``result`` is what its reader in :data:`minimascope.analyses.ANALYSES` returns."""
 
     kind: str
     arms: tuple[str, ...]
-    seed: int
+    seed: int | None
     status: str
     reason: str | None
     path: Path
@@ -129,6 +135,15 @@ class Study:
     missing: list[str]  # "<relative path>: <why>" for every expected file that could not be read
     seed_comparisons: list[SeedComparison] = field(default_factory=list)
     analyses: dict[str, list[Analysis]] = field(default_factory=dict)  # kind → nodes, in study.json's order
+
+    # The same results as pandas DataFrames (see :mod:`.frames`), built on first use.
+    runs = functools.cached_property(frames.runs)
+    curves = functools.cached_property(frames.curves)
+    similarity = functools.cached_property(frames.similarity)
+    sharpness = functools.cached_property(frames.sharpness)
+    connectivity = functools.cached_property(frames.connectivity)
+    weights = functools.cached_property(frames.weights)
+    mistakes = functools.cached_property(frames.mistakes)
 
     def analysis_nodes(self, kind: str) -> list[Analysis]:
         return self.analyses.get(kind, [])
@@ -300,39 +315,23 @@ def _seed_comparison(node: dict[str, Any], root: Path, measures: Iterable[str], 
     return comparison
 
 
-def _reader(kind: str) -> tuple[str, Any]:
-    """The result file of an analysis kind and its reader (imported here: each pulls its own module)."""
-    if kind == "sharpness":
-        from minimascope.minima.sharpness import SHARPNESS_JSON, read_sharpness
-        return SHARPNESS_JSON, read_sharpness
-    if kind == "weights":
-        from minimascope.minima.weights import WEIGHTS_JSON, read_weight_statistics
-        return WEIGHTS_JSON, read_weight_statistics
-    if kind == "connectivity":
-        from minimascope.minima.connectivity import CONNECTIVITY_JSON, read_connectivity
-        return CONNECTIVITY_JSON, read_connectivity
-    from minimascope.minima.mistakes import MISTAKES_JSON, read_mistakes
-    return MISTAKES_JSON, read_mistakes
-
-
 def _analysis(node: dict[str, Any], root: Path) -> Analysis:
-    kind = str(node["kind"])
-    arms = (str(node["arm"]),) if kind in PER_RUN else tuple(str(a) for a in node["arms"])
-    seed = int(node["seed"])
-    default = f"analyses/{kind}/{'_vs_'.join(arms)}/seed{seed}"
-    analysis = Analysis(kind, arms, seed, str(node.get("status", "pending")), node.get("reason"),
-                        root / node.get("path", default))
+    info = ANALYSES[str(node["kind"])]
+    arms = (str(node["arm"]),) if info.per == PER_RUN else tuple(str(a) for a in node["arms"])
+    seed = int(node["seed"]) if node.get("seed") is not None else None
+    folder = f"seed{seed}" if seed is not None else ""
+    analysis = Analysis(info.name, arms, seed, str(node.get("status", "pending")), node.get("reason"),
+                        root / node.get("path", f"analyses/{info.name}/{'_vs_'.join(arms)}/{folder}"))
     if analysis.status != "completed":
         return analysis
-    name, reader = _reader(kind)
     try:
-        analysis.result = reader(analysis.path / name)
+        analysis.result = info.read(analysis.path / info.result_file)
     except MinimascopeError as exc:
         analysis.problem = _missing(exc, root)
     return analysis
 
 
-def read_study(study_dir: str | Path) -> Study:
+def load_study(study_dir: str | Path) -> Study:
     """Read everything the report shows from ``study_dir`` (see the module docstring)."""
     root = Path(study_dir)
     path = root / STUDY_JSON
@@ -358,8 +357,11 @@ def read_study(study_dir: str | Path) -> Study:
                    if n.get("kind") == "compare" and "seeds" not in n]
     seed_comparisons = [_seed_comparison(n, root, measures, missing) for n in nodes
                         if n.get("kind") == "compare" and "seeds" in n]
-    analyses: dict[str, list[Analysis]] = {kind: [] for kind in ANALYSIS_KINDS}
+    analyses: dict[str, list[Analysis]] = {kind: [] for kind in ANALYSES}
     for node in nodes:
-        if node.get("kind") in ANALYSIS_KINDS:
+        if node.get("kind") in ANALYSES:
             analyses[node["kind"]].append(_analysis(node, root))
     return Study(root, record, runs, comparisons, missing, seed_comparisons, analyses)
+
+
+read_study = load_study  # TEMPORARY: the report's name until it moves to load_study
