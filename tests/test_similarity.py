@@ -187,6 +187,54 @@ def test_minibatch_cka_equals_unbiased_hsic_by_definition() -> None:
     assert accumulator.value()[0, 0] == pytest.approx(sums[0] / math.sqrt(sums[1] * sums[2]), abs=1e-12)
 
 
+def test_debiased_cka_equals_unbiased_hsic_by_definition() -> None:
+    """Against the U-statistic over quadruples on raw (uncentred, offset) features: centring first, as
+    linear_cka does, leaves the unbiased HSIC unchanged, and both forms agree to float64 precision."""
+    x, y = gaussian(12, 4, 30) + 5.0, gaussian(12, 6, 31) - 2.0
+    y[:, :4] += 0.5 * x
+    k, g = (x @ x.T).numpy(), (y @ y.T).numpy()
+    expected = hsic_by_definition(k, g) / math.sqrt(hsic_by_definition(k, k) * hsic_by_definition(g, g))
+    for form in ("gram", "feature"):
+        assert linear_cka(x, y, debiased=True, form=form) == pytest.approx(expected, abs=1e-12)
+    assert linear_cka(x, x, debiased=True) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(MinimascopeError, match="at least 4 samples"):
+        linear_cka(x[:3], y[:3], debiased=True)
+
+
+def test_debiased_cka_is_about_zero_for_independent_wide_layers() -> None:
+    """Plain CKA of two unrelated ReLU layers on 250 images is far from 0, and more so the wider they are
+    (its bias grows with width / n); the debiased estimate stays near 0 at every width."""
+    generator = torch.Generator().manual_seed(32)
+
+    def relu_features(width: int) -> torch.Tensor:
+        inputs = torch.randn((250, 64), generator=generator, dtype=torch.float64)
+        return torch.relu(inputs @ torch.randn((64, width), generator=generator, dtype=torch.float64))
+
+    plain, debiased = [], []
+    for width in (16_384, 4096, 1024):
+        a, b = relu_features(width), relu_features(width)
+        plain.append(linear_cka(a, b))
+        debiased.append(linear_cka(a, b, debiased=True))
+    assert min(plain) > 0.25 and plain == sorted(plain, reverse=True)
+    assert max(abs(v) for v in debiased) < 0.03
+
+
+def test_matrix_path_debiased_cka_matches_plain_function() -> None:
+    """float32 activations over two Gram panels (n > 512), across two networks and within one."""
+    acts_a = {"wide": decaying(700, 300, 33, 0.99, torch.float32), "narrow": gaussian(700, 12, 34, torch.float32)}
+    acts_b = {"mid": gaussian(700, 40, 35, torch.float32)}
+    acts_b["mid"][:, :12] += acts_a["narrow"]
+    plain = {name: t.double().clone() for name, t in [*acts_a.items(), *acts_b.items()]}
+    across = compare_activations({k: v.clone() for k, v in acts_a.items()}, dict(acts_b),
+                                 measures=("cka_debiased",))[0]
+    within = compare_activations(dict(acts_a), measures=("cka", "cka_debiased"))[1]
+    for i, a in enumerate(acts_a):
+        assert across.values[i, 0] == pytest.approx(linear_cka(plain[a], plain["mid"], debiased=True), abs=1e-5)
+        for j, b in enumerate(acts_a):
+            assert within.values[i, j] == pytest.approx(linear_cka(plain[a], plain[b], debiased=True), abs=1e-5)
+    assert across.measure == "cka_debiased" and across.kind == "similarity"
+
+
 def test_minibatch_cka_approaches_full_cka_as_batches_grow() -> None:
     x = gaussian(2000, 8, 16)
     y = torch.cat([x[:, :4], gaussian(2000, 4, 17)], 1) @ gaussian(8, 8, 18)

@@ -37,8 +37,11 @@ from minimascope.similarity.measures import (
     _cka_value,
     _procrustes_value,
     _warn,
+    debiased_products,
 )
 from minimascope.similarity.minibatch import MinibatchCKA
+
+CKA_MEASURES = ("cka", "cka_debiased")  # from the Gram products; the others from per-layer factors
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,8 +121,9 @@ def _minibatch_matrix(batches: Iterable[tuple[list[Tensor], list[Tensor] | None]
 
 
 def _cka_products(xs: Sequence[Tensor], ys: Sequence[Tensor] | None,
-                  progress: Progress | None) -> tuple[Tensor, Tensor, Tensor]:
-    """<K_i, L_j>, ‖K_i‖², ‖L_j‖² (float64) for centred activations, K_i = X_i X_iᵀ.
+                  progress: Progress | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """<K_i, L_j>, ‖K_i‖², ‖L_j‖² and the diagonals of K_i and L_j (layers × n, what debiased CKA
+    also needs; float64) for centred activations, K_i = X_i X_iᵀ.
 
     Walks the n×n Grams in row panels of their upper triangle, one panel of every layer at a
     time, folding its Frobenius products into float64 sums: no Gram is ever held whole, and
@@ -130,6 +134,8 @@ def _cka_products(xs: Sequence[Tensor], ys: Sequence[Tensor] | None,
     xy = torch.zeros((len(xs), len(ys if ys is not None else xs)), dtype=torch.float64)
     xx = torch.zeros(len(xs), dtype=torch.float64)
     yy = torch.zeros(len(ys), dtype=torch.float64) if ys is not None else xx
+    rows_x = torch.zeros((len(xs), n), dtype=torch.float64)
+    rows_y = torch.zeros((len(ys), n), dtype=torch.float64) if ys is not None else rows_x
 
     def panel(mats: Sequence[Tensor], start: int) -> Tensor:
         out = mats[0].new_empty((len(mats), min(_PANEL, n - start), n - start))
@@ -147,10 +153,13 @@ def _cka_products(xs: Sequence[Tensor], ys: Sequence[Tensor] | None,
 
     for done, start in enumerate(starts, 1):
         tx = panel(xs, start)
+        diagonal = slice(start, start + tx.shape[1])  # a panel's first columns hold its rows' own products
+        rows_x[:, diagonal] = tx.diagonal(dim1=1, dim2=2)
         if ys is None:
             xy += folded(tx, tx)
         else:
             ty = panel(ys, start)
+            rows_y[:, diagonal] = ty.diagonal(dim1=1, dim2=2)
             xy += folded(tx, ty)
             xx += folded(tx, tx).diagonal()
             yy += folded(ty, ty).diagonal()
@@ -158,7 +167,7 @@ def _cka_products(xs: Sequence[Tensor], ys: Sequence[Tensor] | None,
             progress("cka", done, len(starts))
     if ys is None:
         xx = yy = xy.diagonal().clone()
-    return xy, xx, yy
+    return xy, xx, yy, rows_x, rows_y
 
 
 def _warn_constant(names: Sequence[str], what: str) -> None:
@@ -209,14 +218,17 @@ def compare_activations(acts_a: Mapping[str, Tensor], acts_b: Mapping[str, Tenso
     exact = [m for m in measures if m != "cka_minibatch"]
     for name, t in named if exact else []:
         _centre_(t, f"activations of layer {name!r}")
-    if "cka" in exact:
-        xy, xx, yy = _cka_products(xs, ys, progress)
-        _warn_constant([name for name, v in zip(layout.names_a, xx) if v <= 0] +
-                       [name for name, v in zip(lb if ys else [], yy) if v <= 0], "CKA is 0")
-        values = np.array([[_cka_value(float(xy[i, j]), float(xx[i]), float(yy[j])) for j in range(xy.shape[1])]
-                           for i in range(xy.shape[0])])
-        results["cka"] = layout.matrix("cka", values)
-    factor_measures = [m for m in exact if m != "cka"]
+    cka_measures = [m for m in exact if m in CKA_MEASURES]
+    if cka_measures:
+        products = _cka_products(xs, ys, progress)
+        _warn_constant([name for name, v in zip(layout.names_a, products[1]) if v <= 0] +
+                       [name for name, v in zip(lb if ys else [], products[2]) if v <= 0], "CKA is 0")
+        for measure in cka_measures:
+            xy, xx, yy = products[:3] if measure == "cka" else debiased_products(*products, n)
+            results[measure] = layout.matrix(measure, np.array(
+                [[_cka_value(float(xy[i, j]), float(xx[i]), float(yy[j]), clip=measure == "cka")
+                  for j in range(xy.shape[1])] for i in range(xy.shape[0])]))
+    factor_measures = [m for m in exact if m not in CKA_MEASURES]
     if factor_measures:
         needs = {"svcca": SVCCA_KEEP, "mean_cca": 1.0, "procrustes": procrustes_keep}
         keep = max(needs[m] for m in factor_measures)  # each measure then takes its own prefix

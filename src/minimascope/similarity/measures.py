@@ -35,6 +35,10 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
     Measure("cka", "similarity", (0.0, 1.0),
             "linear CKA (Kornblith et al. 2019), exact over all samples, on column-centred "
             "activations; 1 = identical up to rotation and isotropic scale, 0 = nothing shared"),
+    Measure("cka_debiased", "similarity", (0.0, 1.0),
+            "debiased linear CKA (Kornblith et al. 2019, from the unbiased HSIC of Song et al. 2012), exact over "
+            "all samples; unbiased where plain CKA of independent wide layers is far above 0 on few samples: about "
+            "0 (it may fall slightly below) for unrelated layers, 1 for identical up to rotation and scale"),
     Measure("cka_minibatch", "similarity", (0.0, 1.0),
             "linear CKA from unbiased HSIC averaged over minibatches (Nguyen et al. 2021); "
             "1 = identical up to rotation and isotropic scale"),
@@ -92,16 +96,39 @@ def _warn(message: str) -> None:
     warnings.warn(message, SimilarityWarning, stacklevel=3)
 
 
-def _cka_value(xy: float, xx: float, yy: float) -> float:
-    """CKA from <K, L>, ‖K‖², ‖L‖²; 0 (by convention) when a side has no variance."""
+def _cka_value(xy: float, xx: float, yy: float, *, clip: bool = True) -> float:
+    """CKA from <K, L>, ‖K‖², ‖L‖² (or their unbiased counterparts, then not clipped: a debiased value
+    below 0 is information); 0 (by convention) when a side has no variance."""
     if xx <= 0.0 or yy <= 0.0:
         return 0.0
-    return min(max(xy / math.sqrt(xx * yy), 0.0), 1.0)
+    value = xy / math.sqrt(xx * yy)
+    return min(max(value, 0.0), 1.0) if clip else value
 
 
-def linear_cka(x: ArrayLike, y: ArrayLike, *, form: str = "auto") -> float:
+def debiased_products(xy: Tensor, xx: Tensor, yy: Tensor, rows_x: Tensor, rows_y: Tensor,
+                      n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The unbiased HSIC (Song et al. 2012) of every layer pair, times n(n − 3) (which CKA's ratio
+    cancels), from the biased products of column-centred activations: ``xy[i, j]`` = ‖X_iᵀY_j‖²,
+    ``xx``/``yy`` their diagonals' counterparts, ``rows_x[i]`` the n squared row norms of X_i.
+
+    With K = XXᵀ and K̃ its zero-diagonal copy, centring makes K1 = 0, so tr(K̃L̃) = ⟨K, L⟩ − d_x·d_y,
+    1ᵀK̃1 = −‖X‖² and K̃1 = −d_x (d = the diagonal, the squared row norms): Song et al.'s
+    tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1/((n−1)(n−2)) − 2/(n−2)·1ᵀK̃L̃1 becomes
+    ⟨K, L⟩ − n/(n−2)·d_x·d_y + ‖X‖²‖Y‖²/((n−1)(n−2))."""
+    if n < 4:
+        raise MinimascopeError(f"debiased CKA needs at least 4 samples, got {n}")
+    sx, sy = rows_x.sum(1), rows_y.sum(1)
+    c1, c2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
+    return (xy - c1 * (rows_x @ rows_y.T) + c2 * torch.outer(sx, sy),
+            xx - c1 * rows_x.square().sum(1) + c2 * sx.square(),
+            yy - c1 * rows_y.square().sum(1) + c2 * sy.square())
+
+
+def linear_cka(x: ArrayLike, y: ArrayLike, *, form: str = "auto", debiased: bool = False) -> float:
     """Linear CKA of two (n, p) activation matrices; ``form`` "gram" (n×n), "feature" (p×p) or
-    "auto" (the cheaper). Both forms give the same value."""
+    "auto" (the cheaper). Both forms give the same value. ``debiased``: from the unbiased HSIC
+    estimator (:func:`debiased_products`), whose expectation is 0 for independent layers at any n,
+    where plain CKA's bias grows with the layers' width over n; the value is not clipped below 0."""
     xc, yc = _pair64(x, y)
     n, p, q = xc.shape[0], xc.shape[1], yc.shape[1]
     if form == "auto":
@@ -113,9 +140,13 @@ def linear_cka(x: ArrayLike, y: ArrayLike, *, form: str = "auto") -> float:
         xy, xx, yy = (float((a * b).sum()) for a, b in ((gram_x, gram_y), (gram_x, gram_x), (gram_y, gram_y)))
     else:
         raise MinimascopeError(f"unknown CKA form {form!r}; choose auto, gram or feature")
+    if debiased:
+        products = debiased_products(*(torch.tensor(v, dtype=torch.float64) for v in ([[xy]], [xx], [yy])),
+                                     xc.square().sum(1)[None], yc.square().sum(1)[None], n)
+        xy, xx, yy = (float(v.reshape(())) for v in products)
     if xx <= 0.0 or yy <= 0.0:
         _warn("CKA of a layer without variance is 0 by convention")
-    return _cka_value(xy, xx, yy)
+    return _cka_value(xy, xx, yy, clip=not debiased)
 
 
 def _cca_value(c: Tensor) -> float:
