@@ -39,9 +39,16 @@ def test_cli_train_writes_the_run_directory(cifar_source: str, tmp_path: Path) -
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for row in rows:
         for column in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
-                       "lr", "epoch_time_s", "iter_time_mean_s", "iter_time_std_s"):
+                       "lr", "epoch_time_s", "iter_time_mean_s", "iter_time_std_s", "iter_time_median_s"):
             assert float(row[column]) >= 0, column
     assert float(rows[1]["test_accuracy"]) == record["final"]["test_accuracy"]
+    # Every step's time (150 images at batch 50: 3 steps an epoch); run.json's median is theirs.
+    steps = list(csv.DictReader((out / "steps.csv").open()))
+    assert [(int(s["epoch"]), int(s["step"])) for s in steps] == [(e, s) for e in (1, 2) for s in (1, 2, 3)]
+    times = sorted(float(s["time_s"]) for s in steps)
+    assert record["time_per_step_s"] == {"median": (times[2] + times[3]) / 2, "mean": pytest.approx(sum(times) / 6),
+                                         "n": 6}
+    assert float(rows[0]["iter_time_median_s"]) == sorted(float(s["time_s"]) for s in steps[:3])[1]
     assert list(out.glob("events.out.tfevents.*"))
     model, payload = models.load_trained(out)
     assert payload["arch"] == "resnet18" and model.fc.out_features == 10

@@ -5,7 +5,9 @@ metrics), ``metrics.csv`` (one row per epoch), TensorBoard ``events.*`` files, `
 weights before epoch 1), ``checkpoint.pt`` (the latest state for resume), ``final.pt`` (final
 weights only), ``predictions.pt`` (the final network's test predictions) and ``.lock`` (held by the
 process writing the run). Every file is written atomically (:mod:`minimascope.io`), and
-``run.json`` with ``status: completed`` is the only sign that a run is finished.
+``run.json`` with ``status: completed`` is the only sign that a run is finished. A completed run
+also holds ``steps.csv``: the time of every training step (evaluation excluded), what a claim about
+the cost per step tests.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ METRICS_CSV = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 FINAL_WEIGHTS = "final.pt"
 INITIAL_WEIGHTS = "initial.pt"  # same payload as final.pt, before epoch 1
+STEPS_CSV = "steps.csv"  # epoch, step, time_s: every training step of a completed run
 PREDICTIONS = "predictions.pt"
 PREDICTIONS_FORMAT = "minimascope-predictions-v1"
 # Files a run writes atomically, whose killed writes leave temporaries to clean up on resume.
-RUN_FILES = (RUN_JSON, METRICS_CSV, CHECKPOINT, FINAL_WEIGHTS, INITIAL_WEIGHTS, PREDICTIONS)
+RUN_FILES = (RUN_JSON, METRICS_CSV, CHECKPOINT, FINAL_WEIGHTS, INITIAL_WEIGHTS, PREDICTIONS, STEPS_CSV)
 METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss",
-    "test_accuracy", "epoch_time_s", "iter_time_mean_s", "iter_time_std_s", "eval_time_s",
+    "test_accuracy", "epoch_time_s", "iter_time_mean_s", "iter_time_std_s", "eval_time_s", "iter_time_median_s",
 )
 # What run.json's "final" holds for a completed run.
 FINAL_METRICS = ("test_accuracy", "test_loss", "train_accuracy", "train_loss", "val_accuracy", "val_loss")

@@ -158,6 +158,7 @@ class _Run:
         self.generator = torch.Generator().manual_seed(config.seed)  # data order and augmentation
         self.epoch = 0
         self.history: list[dict[str, float | None]] = []
+        self.step_times: list[list[float]] = []  # per epoch, in seconds: kept in the checkpoint, steps.csv at the end
         self.record: dict[str, Any] = {}
         self.test_predictions: torch.Tensor | None = None  # of the latest evaluation
 
@@ -176,6 +177,7 @@ class _Run:
             "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
             "history": self.history,
+            "step_times": self.step_times,
         })
 
     def load_checkpoint(self) -> None:
@@ -192,6 +194,8 @@ class _Run:
         if self.device.type == "cuda" and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.history = state["epoch"], list(state["history"])
+        # A checkpoint of an earlier version has no step times: those epochs are left out of steps.csv.
+        self.step_times = [list(times) for times in state.get("step_times", [])]
 
     def write_record(self, **fields: Any) -> None:
         self.record.update(fields)
@@ -213,6 +217,16 @@ class _Run:
         lines = [",".join(columns)]
         lines += [",".join("" if row.get(c) is None else repr(row[c]) for c in columns) for row in self.history]
         io.atomic_write_text(self.run_dir / runs.METRICS_CSV, "\n".join(lines) + "\n")
+
+    def write_steps(self) -> dict[str, float | int]:
+        """``steps.csv`` (every step's time) and its summary for run.json: the median is the cost per step
+        a claim reads, robust to the slow first steps and to other jobs on the machine."""
+        first = self.epoch - len(self.step_times) + 1
+        rows = [f"{epoch},{step},{seconds!r}" for epoch, times in enumerate(self.step_times, first)
+                for step, seconds in enumerate(times, 1)]
+        io.atomic_write_text(self.run_dir / runs.STEPS_CSV, "\n".join(["epoch,step,time_s", *rows]) + "\n")
+        times = [seconds for epoch in self.step_times for seconds in epoch]
+        return {"median": statistics.median(times), "mean": statistics.fmean(times), "n": len(times)} if times else {}
 
 
 class Diverged(Exception):
@@ -247,11 +261,13 @@ def _train_epoch(run: _Run, progress: TrainProgress | None) -> dict[str, float]:
         correct += (logits.detach().argmax(1) == target).sum()
         if progress:
             progress.step(loss_value)
+    run.step_times.append(step_times)
     return {
         "train_loss": loss_sum / len(labels),
         "train_accuracy": correct.item() / len(labels),
         "iter_time_mean_s": statistics.fmean(step_times),
         "iter_time_std_s": statistics.stdev(step_times) if len(step_times) > 1 else 0.0,
+        "iter_time_median_s": statistics.median(step_times),
     }
 
 
@@ -394,6 +410,7 @@ def _train_loop(run: _Run, progress: TrainProgress | None, fresh: bool) -> dict[
         final={k: last[k] for k in runs.FINAL_METRICS},
         time_per_epoch_s={"mean": statistics.fmean(epoch_times),
                           "std": statistics.stdev(epoch_times) if len(epoch_times) > 1 else 0.0},
+        time_per_step_s=run.write_steps(),
     )
     return run.record
 
