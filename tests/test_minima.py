@@ -1,5 +1,6 @@
-"""minimascope.landscape: Hessian spectra against exact Hessians and known spectra, linear mode connectivity
-against independent evaluations, weight matching against known permutations."""
+"""minimascope.minima: Hessian spectra against exact Hessians and known spectra (Lanczos, SLQ and Hutchinson
+on explicit matrices), the stored density curve, linear mode connectivity against independent evaluations,
+weight matching against known permutations."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from helpers import conv_bn_net
-from minimascope.curvature import rademacher_like
+from minimascope.curvature import hutchinson_trace, rademacher_like
 from minimascope.errors import MinimascopeError
-from minimascope.minima import connectivity, matching
+from minimascope.minima import connectivity, lanczos, matching
 from minimascope.minima import sharpness as hessian
 from minimascope.models import build_model
 
@@ -84,11 +85,11 @@ def test_lanczos_top_eigenvalues_of_known_spectrum() -> None:
     rest = torch.linspace(-3, 2, 195).tolist()  # a bulk with negative eigenvalues below the outliers
     a = symmetric_with_spectrum([40.0, 25.0, 24.5, 10.0, 9.0] + rest)
     start = torch.randn(200, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    result = hessian.lanczos_top_eigenvalues(lambda v: a @ v, start, 3, tol=1e-3, max_iter=200)
+    result = lanczos.lanczos_top_eigenvalues(lambda v: a @ v, start, 3, tol=1e-3, max_iter=200)
     assert result.converged and result.iterations < 40  # far fewer products than the dimension
     for value, exact in zip(result.values, [40.0, 25.0, 24.5]):
         assert abs(value - exact) <= 1e-3 * exact
-    tight = hessian.lanczos_top_eigenvalues(lambda v: a @ v, start, 3, tol=1e-10, max_iter=200)
+    tight = lanczos.lanczos_top_eigenvalues(lambda v: a @ v, start, 3, tol=1e-10, max_iter=200)
     expected = torch.tensor([40.0, 25.0, 24.5], dtype=torch.float64)
     torch.testing.assert_close(torch.tensor(tight.values, dtype=torch.float64), expected, rtol=1e-9, atol=0)
 
@@ -97,7 +98,7 @@ def test_lanczos_on_full_dimension_finds_every_eigenvalue_and_stops() -> None:
     eigenvalues = [5.0, 3.0, 1.0, -0.5, -2.0, -7.0]
     a = symmetric_with_spectrum(eigenvalues, seed=3)
     start = torch.randn(6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    result = hessian.lanczos_top_eigenvalues(lambda v: a @ v, start, 6, tol=1e-12, max_iter=50)
+    result = lanczos.lanczos_top_eigenvalues(lambda v: a @ v, start, 6, tol=1e-12, max_iter=50)
     assert result.converged and result.iterations == 6
     expected = torch.tensor(eigenvalues, dtype=torch.float64)
     torch.testing.assert_close(torch.tensor(result.values, dtype=torch.float64), expected, rtol=0, atol=1e-11)
@@ -105,7 +106,7 @@ def test_lanczos_on_full_dimension_finds_every_eigenvalue_and_stops() -> None:
 
 def test_lanczos_rejects_more_eigenvalues_than_dimensions() -> None:
     with pytest.raises(MinimascopeError, match="k = 4"):
-        hessian.lanczos_top_eigenvalues(lambda v: v, torch.ones(3), 4, tol=1e-3, max_iter=10)
+        lanczos.lanczos_top_eigenvalues(lambda v: v, torch.ones(3), 4, tol=1e-3, max_iter=10)
 
 
 def test_slq_is_gauss_quadrature_of_the_probes() -> None:
@@ -113,24 +114,24 @@ def test_slq_is_gauss_quadrature_of_the_probes() -> None:
     a = symmetric_with_spectrum(eigenvalues.tolist(), seed=2)
     generator = torch.Generator().manual_seed(4)
     starts = [torch.randn(40, generator=generator, dtype=torch.float64) for _ in range(3)]
-    nodes, weights = hessian.slq_density(lambda v: a @ v, starts, steps=8)
+    nodes, weights = lanczos.slq_density(lambda v: a @ v, starts, steps=8)
     assert nodes.shape == weights.shape == (24,)
     assert abs(weights.sum().item() - 1) < 1e-12 and (weights >= 0).all()
     # m-node Gauss quadrature integrates polynomials up to degree 2m - 1 exactly: v^T A^p v / v^T v
     for power in (1, 2, 5):
         exact = sum((v @ torch.linalg.matrix_power(a, power) @ v / (v @ v)).item() for v in starts) / 3
         assert abs((weights * nodes**power).sum().item() - exact) <= 1e-9 * max(1.0, abs(exact))
-    full_nodes, _ = hessian.slq_density(lambda v: a @ v, starts[:1], steps=40)
+    full_nodes, _ = lanczos.slq_density(lambda v: a @ v, starts[:1], steps=40)
     torch.testing.assert_close(full_nodes, eigenvalues, rtol=0, atol=1e-10)  # all nodes are eigenvalues
 
 
 def test_smooth_density_is_a_normalised_gaussian_mixture() -> None:
     nodes, weights = torch.tensor([0.0, 2.0]), torch.tensor([0.25, 0.75])
     grid = torch.linspace(-5, 7, 4001, dtype=torch.float64)
-    density = hessian.smooth_density(nodes, weights, grid, sigma=0.5)
+    density = lanczos.smooth_density(nodes, weights, grid, sigma=0.5)
     assert abs(torch.trapezoid(density, grid).item() - 1) < 1e-9
     peak = 0.75 / (0.5 * math.sqrt(2 * math.pi)) + 0.25 * math.exp(-0.5 * 16) / (0.5 * math.sqrt(2 * math.pi))
-    assert abs(hessian.smooth_density(nodes, weights, torch.tensor([2.0]), sigma=0.5).item() - peak) < 1e-12
+    assert abs(lanczos.smooth_density(nodes, weights, torch.tensor([2.0]), sigma=0.5).item() - peak) < 1e-12
 
 
 # ----------------------------------------------------------------------------- the Hessian of a network
@@ -173,8 +174,8 @@ def test_hutchinson_stops_at_the_requested_standard_error() -> None:
     generator = torch.Generator().manual_seed(0)
     factor = torch.randn(300, 30, generator=generator, dtype=torch.float64)
     a = factor @ factor.T / 30 + torch.diag(torch.rand(300, generator=generator, dtype=torch.float64))
-    result = hessian.hutchinson_trace(lambda v: a @ v, torch.empty(300, dtype=torch.float64), rel_error=0.01,
-                                      min_probes=10, max_probes=10_000, generator=torch.Generator().manual_seed(1))
+    result = hutchinson_trace(lambda v: a @ v, torch.empty(300, dtype=torch.float64), rel_error=0.01,
+                              min_probes=10, max_probes=10_000, generator=torch.Generator().manual_seed(1))
     assert result.converged and result.stderr < 0.01 * result.value
     assert abs(result.value - a.trace().item()) < 3 * result.stderr
     spread = math.sqrt(2 * ((a**2).sum() - (a.diagonal() ** 2).sum()).item())
@@ -199,13 +200,55 @@ def test_sharpness_writes_reads_and_refuses_other_files(problem, tmp_path) -> No
     model, images, labels, _ = problem
     result = hessian.sharpness(model, images, labels, tmp_path, k=2, max_probes=20, density_steps=6, seed=3)
     record = json.loads((tmp_path / "sharpness.json").read_text())
-    assert record["format"] == "minimascope-sharpness-v1" and record["n_images"] == len(labels)
+    assert record["format"] == "minimascope-sharpness-v2" and record["n_images"] == len(labels)
     assert record["eigenvalues"] == result.eigenvalues.values and record["trace"] == result.trace.value
     assert hessian.read_sharpness(tmp_path) == result
     assert (tmp_path / "density.png").read_bytes().startswith(b"\x89PNG")
     (tmp_path / "other.json").write_text('{"format": "something-else"}')
-    with pytest.raises(MinimascopeError, match="not a minimascope-sharpness-v1"):
+    with pytest.raises(MinimascopeError, match="not a minimascope-sharpness-v2"):
         hessian.read_sharpness(tmp_path / "other.json")
+
+
+def test_stored_density_curve_is_the_smoothed_quadrature(problem, tmp_path) -> None:
+    model, images, labels, _ = problem
+    hessian.sharpness(model, images, labels, tmp_path, k=2, max_probes=20, density_steps=12, seed=3)
+    density = hessian.read_sharpness(tmp_path).density
+    nodes, weights = (torch.tensor(v, dtype=torch.float64) for v in (density.nodes, density.weights))
+    grid, smoothed = (torch.tensor(v, dtype=torch.float64) for v in (density.grid, density.smoothed))
+    span = (nodes.max() - nodes.min()).item()
+    assert len(grid) == len(smoothed) == 400 and density.sigma == pytest.approx(0.01 * span, rel=1e-12)
+    torch.testing.assert_close(grid, torch.linspace(nodes.min().item() - 0.05 * span, nodes.max().item() + 0.05 * span,
+                                                    400, dtype=torch.float64), rtol=0, atol=1e-12 * span)
+    expected = lanczos.smooth_density(nodes, weights, grid, density.sigma).clamp_min(1e-12)
+    torch.testing.assert_close(smoothed, expected, rtol=1e-13, atol=0)
+    assert abs(torch.trapezoid(smoothed, grid).item() - 1) < 1e-6
+
+
+@pytest.mark.parametrize("nodes, weights", [
+    ([0.0, 1e-3, 2e-3, 50.0], [0.5, 0.3, 0.15, 0.05]),  # a bulk near 0 and an outlier: the Hessian's shape
+    ([-3.0, -2.5, 4.0], [0.2, 0.2, 0.6]),
+    ([7.0], [1.0]),  # one node: the span falls back to the rounding scale of its magnitude
+    ([-250.0, 1e4], [0.999, 0.001]),
+])
+def test_density_curve_integrates_to_one_over_its_grid(nodes, weights) -> None:
+    """The clamped mixture on the grid: the tails beyond 5 kernel widths (< 3e-7 each side) are left out,
+    and the 1e-12 floor adds at most 1e-12 times the grid's width."""
+    grid, values, sigma = hessian.density_curve(torch.tensor(nodes), torch.tensor(weights))
+    width = (grid[-1] - grid[0]).item()
+    assert len(torch.unique(grid)) == 400 and (values >= 1e-12).all()
+    assert grid[0].item() == pytest.approx(min(nodes) - 5 * sigma, abs=1e-3 * sigma)  # five kernel widths
+    assert grid[-1].item() == pytest.approx(max(nodes) + 5 * sigma, abs=1e-3 * sigma)
+    assert abs(torch.trapezoid(values, grid).item() - 1) < 6e-7 + 1e-12 * width
+
+
+def test_an_older_sharpness_file_is_one_line(tmp_path) -> None:
+    (tmp_path / "sharpness.json").write_text(json.dumps({"format": "minimascope-sharpness-v1", "eigenvalues": [1.0]}))
+    with pytest.raises(MinimascopeError, match=r"older minimascope .*re-run `minimascope sharpness`") as error:
+        hessian.read_sharpness(tmp_path)
+    assert "\n" not in str(error.value)
+    (tmp_path / "sharpness.json").write_text(json.dumps({"format": "minimascope-sharpness-v2", "eigenvalues": [1.0]}))
+    with pytest.raises(MinimascopeError, match="malformed minimascope-sharpness-v2"):
+        hessian.read_sharpness(tmp_path)
 
 
 # ----------------------------------------------------------------------------- linear mode connectivity

@@ -1,5 +1,6 @@
-"""`minimascope sharpness | connect | weights | mistakes` from the command line, on two tiny runs trained
-here: outputs on disk read back by their readers, values that must hold, one-line errors."""
+"""`minimascope sharpness | weights | connectivity | mistakes` from the command line, on two tiny runs trained
+here: outputs on disk read back by their readers, values that must hold, one-line errors; one command per
+analysis of runs in the table of analyses, under its name (and ``connect``, the old name of connectivity)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from typer.main import get_command
 
 from helpers import assert_one_line_error, invoke, small_config
 from minimascope import models
+from minimascope.analyses import ANALYSES, PER_PAIR, PER_RUN
+from minimascope.cli import app
 from minimascope.io import atomic_torch_save, atomic_write_json
 from minimascope.minima.connectivity import CONNECTIVITY_PNG, read_connectivity
 from minimascope.minima.mistakes import ONLY_A_PNG, ONLY_B_PNG, read_mistakes
@@ -22,7 +26,7 @@ from minimascope.runs import FINAL_WEIGHTS, INITIAL_WEIGHTS, RUN_FORMAT, RUN_JSO
 from minimascope.train import train
 
 # Each Hessian-vector product of resnet18 costs about a second on a CPU: few of them (the math is tested in
-# test_landscape.py on networks whose Hessian is formed exactly; here the shell, its files and its settings).
+# test_minima.py on networks whose Hessian is formed exactly; here the shell, its files and its settings).
 FAST_SHARPNESS = ("--images", "10", "--k", "2", "--tol", "0.5", "--max-iter", "3", "--rel-error", "0.5",
                   "--max-probes", "2", "--density-steps", "2", "--device", "cpu")
 
@@ -70,13 +74,28 @@ def test_sharpness_writes_what_its_reader_reads(two_runs, tmp_path: Path) -> Non
     assert len(top) == 2 and top[0] >= top[1] and all(math.isfinite(v) for v in top)
     assert math.isfinite(sharpness.trace.value) and sharpness.trace.probes == 2
     assert sum(sharpness.density.weights) == pytest.approx(1.0, abs=1e-6)
+    assert len(sharpness.density.grid) == len(sharpness.density.smoothed) == 400
     # the density's nodes are Ritz values: none beyond the largest eigenvalue Lanczos found (up to its tolerance)
 
 
-def test_connect_a_run_with_itself_has_no_barrier(two_runs, tmp_path: Path) -> None:
+def test_every_analysis_of_runs_is_a_command_of_its_name() -> None:
+    commands = get_command(app).commands
+    rows = [row for row in ANALYSES.values() if row.per in (PER_RUN, PER_PAIR)]
+    assert {row.name for row in rows} == {"sharpness", "weights", "connectivity", "mistakes"}
+    for row in rows:
+        assert row.name in commands and not commands[row.name].hidden
+        arguments = [p.name for p in commands[row.name].params if p.param_type_name == "argument"]
+        assert len(arguments) == (1 if row.per == PER_RUN else 2), row.name
+        for alias in row.aliases:  # the same command, out of --help's way
+            assert commands[alias].hidden
+            assert [p.name for p in commands[alias].params] == [p.name for p in commands[row.name].params]
+    assert ANALYSES["connectivity"].aliases == ("connect",)
+
+
+def test_connectivity_of_a_run_with_itself_has_no_barrier(two_runs, tmp_path: Path) -> None:
     run, _, source = two_runs
     out = tmp_path / "self"
-    result = invoke("connect", str(run), str(run), "--data", source, "--out", str(out), "--points", "2",
+    result = invoke("connectivity", str(run), str(run), "--data", source, "--out", str(out), "--points", "2",
                     "--images", "10", "--device", "cpu")
     assert result.exit_code == 0, result.output
     connectivity = read_connectivity(out)
@@ -91,6 +110,7 @@ def test_connect_a_run_with_itself_has_no_barrier(two_runs, tmp_path: Path) -> N
 
 
 def test_connect_two_runs_without_alignment(two_runs, tmp_path: Path) -> None:
+    """``connect``: the old name of ``connectivity``, still answered."""
     run_a, run_b, source = two_runs
     out = tmp_path / "pair"
     result = invoke("connect", str(run_a), str(run_b), "--data", source, "--out", str(out), "--points", "2",

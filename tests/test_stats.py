@@ -1,24 +1,35 @@
 """Statistics over seeds: the t quantile and intervals against scipy, permutation tests against
-hand-counted cases and scipy, symmetry, clear and absent effects, the per-layer helper, the files."""
+hand-counted cases and scipy, symmetry, clear and absent effects, the per-layer helper, the files, and
+the seed statistics of a pair of arms read from comparison, run and sharpness folders built here."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
+from minimascope.compare import write_similarity
 from minimascope.errors import MinimascopeError
+from minimascope.io import atomic_write_json
+from minimascope.minima.lanczos import TopEigenvalues
+from minimascope.minima.sharpness import Density, Sharpness, TraceEstimate, write_sharpness
 from minimascope.optimizer_effect import (
     SEEDS_FORMAT,
+    SeedStatistics,
     layer_values,
     optimizer_effect_tests,
-    read_optimizer_effect_tests,
-    write_optimizer_effect_tests,
+    read_seed_statistics,
+    seed_statistics,
+    seed_statistics_of_pair,
+    write_seed_statistics,
 )
+from minimascope.runs import RUN_FORMAT, RUN_JSON
 from minimascope.similarity import SimilarityMatrix
 from minimascope.stats import mean_confidence_interval, permutation_test, t_central_mass, t_quantile
 
@@ -211,17 +222,141 @@ def test_optimizer_effect_tests_need_both_groups_and_known_measures() -> None:
 def test_write_and_read_back(tmp_path) -> None:
     within = {("cka", "conv1"): [0.95, 0.96, 0.94], ("svcca", "fc"): [0.7]}
     across = {("cka", "conv1"): [0.80, 0.82, 0.79, 0.81], ("svcca", "fc"): [0.6, 0.5]}
+    result = seed_statistics(("sgd", "adahessian"), {"sgd": within}, across,
+                             {"test accuracy": ([0.4, 0.41], [0.42, 0.43]), "Hessian trace": ([1.0], [2.0, 3.0])})
     tests = optimizer_effect_tests(within, across)
-    paths = write_optimizer_effect_tests(tests, tmp_path)
+    assert result.tests == tests and [s.name for s in result.scalars] == ["test accuracy"]  # the trace has 1 value
+    paths = write_seed_statistics(result, tmp_path)
     assert [p.name for p in paths] == ["seeds.json", "seeds.csv"]
-    back = read_optimizer_effect_tests(tmp_path)
-    assert back[0] == tests[0]
-    assert math.isnan(back[1].within.low) and back[1].across == tests[1].across and back[1].test == tests[1].test
+    back = read_seed_statistics(tmp_path)
+    assert back.arms == ("sgd", "adahessian") and back.within_arms == ["sgd"] and back.problems == []
+    assert back.tests[0] == tests[0] and back.scalars == result.scalars
+    assert math.isnan(back.tests[1].within.low) and back.tests[1].across == tests[1].across
+    assert back.tests[1].test == tests[1].test
     data = json.loads(paths[0].read_text())
-    assert data["format"] == SEEDS_FORMAT and data["tests"][1]["within"]["low"] is None
+    assert data["format"] == SEEDS_FORMAT == "minimascope-seeds-v2" and data["tests"][1]["within"]["low"] is None
     rows = list(csv.DictReader(paths[1].open()))
     assert rows[0]["layer"] == "conv1" and float(rows[0]["p_value"]) == tests[0].test.p_value
     assert rows[1]["within_low"] == "" and rows[1]["within_n"] == "1"
     (tmp_path / "seeds.json").write_text(json.dumps({"format": SEEDS_FORMAT, "tests": [{"measure": "cka"}]}))
     with pytest.raises(MinimascopeError, match="malformed"):
-        read_optimizer_effect_tests(tmp_path)
+        read_seed_statistics(tmp_path)
+    (tmp_path / "seeds.json").write_text(json.dumps({"format": "minimascope-seeds-v1", "tests": []}))
+    with pytest.raises(MinimascopeError, match="not a minimascope-seeds-v2 file"):
+        read_seed_statistics(tmp_path)
+    with pytest.raises(MinimascopeError, match="seed statistics not found"):
+        read_seed_statistics(tmp_path / "elsewhere")
+
+
+# ----------------------------------------------------------------------------- the seed statistics of two arms
+
+ARMS = ("sgd", "adahessian")
+SEEDS = (0, 1, 2)
+LAYERS = ("conv1", "fc")
+
+
+def layer_matrices(offset: float) -> list[SimilarityMatrix]:
+    """CKA and Procrustes of two networks, layer i with layer j; the diagonal depends on ``offset``."""
+    cka = np.array([[0.9 - offset, 0.2], [0.3, 0.8 - 2 * offset]])
+    procrustes = np.array([[0.1 + offset, 1.5], [1.4, 0.3 + offset]])
+    return [SimilarityMatrix(measure, kind, "", values, LAYERS, LAYERS, 50, "flatten", "a", "b")
+            for measure, kind, values in (("cka", "similarity", cka), ("procrustes", "distance", procrustes))]
+
+
+def fake_sharpness(top: float) -> Sharpness:
+    nodes = torch.tensor([0.0, 0.1, top], dtype=torch.float64)
+    density = Density.of_quadrature(nodes, torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64), 3, 1)
+    return Sharpness(TopEigenvalues([top, top / 2], 10, True), TraceEstimate(3 * top, 0.1, 20, True), density,
+                     100, 1000, 0, {"images": "train"})
+
+
+@pytest.fixture(scope="module")
+def pair_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A study's folders for the pair (never changed by a test), and the ``inputs`` naming them as the
+    study plans them: cross-arm comparisons less alike than cross-seed ones; accuracy, λ1 and trace per seed."""
+    root = tmp_path_factory.mktemp("study")
+    inputs: dict = {"arms": list(ARMS), "across": [], "within": [], "runs": [], "sharpness": []}
+    for seed in SEEDS:
+        path = root / f"comparisons/sgd_vs_adahessian/seed{seed}"
+        write_similarity(layer_matrices(0.2 + 0.01 * seed), path)
+        inputs["across"].append({"seed": seed, "path": str(path)})
+    for number, arm in enumerate(ARMS):
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            path = root / f"comparisons/{arm}_vs_{arm}/seed{i}-seed{j}"
+            write_similarity(layer_matrices(0.01 * (i + j + number)), path)
+            inputs["within"].append({"arm": arm, "seeds": [i, j], "path": str(path)})
+        for seed in SEEDS:
+            run = root / f"runs/{arm}/seed{seed}"
+            atomic_write_json(run / RUN_JSON, {"format": RUN_FORMAT, "status": "completed",
+                                               "final": {"test_accuracy": 0.4 + 0.02 * number + 0.003 * seed}})
+            inputs["runs"].append({"arm": arm, "seed": seed, "path": str(run)})
+            sharpness = root / f"analyses/sharpness/{arm}/seed{seed}"
+            write_sharpness(fake_sharpness(10.0 * (1 + 9 * number) + seed), sharpness)
+            inputs["sharpness"].append({"arm": arm, "seed": seed, "path": str(sharpness)})
+    return inputs
+
+
+def test_seed_statistics_of_a_pair_equal_the_tests_of_their_values(pair_inputs: dict, tmp_path: Path) -> None:
+    inputs = {**pair_inputs, "across": pair_inputs["across"][::-1]}  # taken in seed order whatever the order given
+    result = seed_statistics_of_pair(inputs, tmp_path / "out")
+    within, across = {}, {}
+    for arm_number in range(2):  # sgd's seed pairs first, then adahessian's
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            for key, values in layer_values(layer_matrices(0.01 * (i + j + arm_number))).items():
+                within.setdefault(key, []).extend(values)
+    for seed in SEEDS:
+        for key, values in layer_values(layer_matrices(0.2 + 0.01 * seed)).items():
+            across.setdefault(key, []).extend(values)
+    assert result.tests == optimizer_effect_tests(within, across)
+    assert [(t.measure, t.layer) for t in result.tests] == [("cka", "conv1"), ("cka", "fc"),
+                                                            ("procrustes", "conv1"), ("procrustes", "fc")]
+    assert all(t.within.n == 6 and t.across.n == 3 and t.test.p_value == pytest.approx(1 / 84) for t in result.tests)
+    accuracy = ([0.4, 0.403, 0.406], [0.42, 0.423, 0.426])
+    tops = ([10.0, 11.0, 12.0], [100.0, 101.0, 102.0])
+    expected = {"test accuracy": accuracy, "top eigenvalue λ1": tops,
+                "Hessian trace": tuple([3 * v for v in side] for side in tops)}
+    assert [s.name for s in result.scalars] == list(expected)
+    for scalar in result.scalars:
+        a, b = expected[scalar.name]
+        assert scalar.arm_a_values == pytest.approx(a) and scalar.arm_b_values == pytest.approx(b)
+        assert scalar.test == permutation_test(scalar.arm_a_values, scalar.arm_b_values, alternative="two-sided")
+        assert scalar.test.p_value == pytest.approx(2 / 20)  # the observed split and its mirror, of C(6, 3)
+    assert result.arms == ARMS and result.within_arms == list(ARMS) and result.problems == []
+    assert read_seed_statistics(tmp_path / "out") == result
+    assert (tmp_path / "out" / "seeds.csv").is_file()
+
+
+def test_seed_statistics_with_one_arm_across_seeds_and_without_any(pair_inputs: dict, tmp_path: Path) -> None:
+    inputs = {**pair_inputs, "within": [entry for entry in pair_inputs["within"] if entry["arm"] == "adahessian"]}
+    result = seed_statistics_of_pair(inputs, tmp_path / "one")
+    assert result.within_arms == ["adahessian"] and all(t.within.n == 3 for t in result.tests)
+    none = seed_statistics_of_pair({**inputs, "within": []}, tmp_path / "none")
+    assert none == SeedStatistics(ARMS, [], [], [], ["neither sgd nor adahessian has comparisons of two of its seeds"])
+    assert read_seed_statistics(tmp_path / "none") == none
+
+
+def test_seed_statistics_without_common_layers_say_so() -> None:
+    result = seed_statistics(ARMS, {"sgd": {("cka", "conv1"): [0.9]}}, {("cka", "fc"): [0.5]},
+                             {"test accuracy": ([0.4, 0.5], [0.6, 0.7])})
+    assert result.tests == [] and result.scalars == []
+    assert result.problems == ["no measure and layer with both kinds of comparison"]
+
+
+def test_seed_statistics_inputs_missing_or_foreign_are_one_line(pair_inputs: dict, tmp_path: Path) -> None:
+    def refused(changed: dict, match: str) -> None:
+        with pytest.raises(MinimascopeError, match=match) as error:
+            seed_statistics_of_pair({**pair_inputs, **changed}, tmp_path / "out")
+        assert "\n" not in str(error.value)
+
+    refused({"across": [{"seed": 0, "path": str(tmp_path / "nowhere")}]}, "comparison folder not found")
+    refused({"arms": ["sgd", "sgd"]}, "two different arms")
+    refused({"runs": [{"arm": "sgd", "path": str(tmp_path)}]}, "malformed 'runs' inputs")
+    refused({"runs": [{"arm": "sgd", "seed": 0, "path": str(tmp_path)}]}, "not a run directory")
+    (tmp_path / "foreign" / "cka.json").parent.mkdir()
+    (tmp_path / "foreign" / "cka.json").write_text(json.dumps({"measure": "cka"}))
+    refused({"across": [{"seed": 0, "path": str(tmp_path / "foreign")}]}, "not a similarity matrix")
+    (tmp_path / "foreign" / "cka.json").unlink()
+    refused({"across": [{"seed": 0, "path": str(tmp_path / "foreign")}]}, "holds no similarity matrix")
+    (tmp_path / "foreign" / "sharpness.json").write_text('{"format": "other"}')
+    refused({"sharpness": [{"arm": "sgd", "seed": 0, "path": str(tmp_path / "foreign")}]},
+            "not a minimascope-sharpness-v2 file")

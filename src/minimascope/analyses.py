@@ -74,6 +74,10 @@ ANALYSES: dict[str, AnalysisInfo] = {row.name: row for row in (
     AnalysisInfo("mistakes", PER_PAIR, "minimascope.minima.mistakes", "mistakes_of_runs", "read_mistakes",
                  "mistakes.json", ("limit", "seed"), takes=("data_source",), section="mistakes",
                  summary="which test images each of two runs gets wrong, against independent errors"),
+    AnalysisInfo("seeds", PER_ARM_PAIR, "minimascope.optimizer_effect", "seed_statistics_of_pair",
+                 "read_seed_statistics", "seeds.json", (), section="seeds",
+                 summary="two arms against two seeds of one arm: layer similarities (across vs within) and "
+                         "test accuracy, top eigenvalue and trace, by permutation tests"),
 )}
 
 

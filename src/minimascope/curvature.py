@@ -1,19 +1,24 @@
 """Curvature of a loss through autograd: Rademacher probes, Hessian-vector products, Hutchinson's
-estimate of the Hessian diagonal, and the kernel-window statistics AdaHessian applies to it.
+estimates of the Hessian diagonal and of the trace, and the kernel-window statistics AdaHessian applies
+to the diagonal.
 
-Only torch (and the option names of config): the optimizer (``minimascope.optim``) and the loss-landscape analyses
-(``minimascope.landscape``) share these, so a Hessian-vector product is computed one way everywhere.
+Only torch (and the option names of config): the optimizer (``minimascope.optim``) and the analyses of a
+minimum (``minimascope.minima.sharpness``) share these, so a Hessian-vector product is computed one way
+everywhere.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from minimascope.config import BLOCK_STATS
+from minimascope.errors import MinimascopeError
 
 _BITS_PER_CODE = 8  # one random byte gives the signs of eight entries
 
@@ -79,6 +84,36 @@ def hutchinson_diagonal(
         estimates = [z.mul_(hz) for z, hz in zip(probes, products)]  # probes are not needed afterwards
         total = [t.add_(e) for t, e in zip(total, estimates)] if total else estimates
     return [t.div_(n_samples) for t in total] if n_samples > 1 else total
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """Hutchinson's estimate of tr(H), its standard error, the probes (products) used, and whether the
+    standard error met ``rel_error`` before ``max_probes``."""
+
+    value: float
+    stderr: float
+    probes: int
+    converged: bool
+
+
+def hutchinson_trace(matvec: Callable[[Tensor], Tensor], template: Tensor, *, rel_error: float, min_probes: int,
+                     max_probes: int, generator: torch.Generator) -> TraceEstimate:
+    """Mean of z^T A z over Rademacher probes z (unbiased: E[z z^T] = I), drawn until the standard error
+    of the mean (sample std / sqrt(probes)) is below ``rel_error`` |mean|, with at least ``min_probes``."""
+    if not 2 <= min_probes <= max_probes:
+        raise MinimascopeError(f"need 2 <= min_probes <= max_probes, got {min_probes} and {max_probes}")
+    samples: list[float] = []
+    mean = stderr = math.nan
+    while len(samples) < max_probes:
+        z = rademacher_like(template, generator)
+        samples.append(torch.dot(z.reshape(-1), matvec(z).reshape(-1)).item())
+        if len(samples) >= 2:
+            values = torch.tensor(samples, dtype=torch.float64)
+            mean, stderr = values.mean().item(), (values.std() / math.sqrt(len(samples))).item()
+            if len(samples) >= min_probes and stderr < rel_error * abs(mean):
+                return TraceEstimate(mean, stderr, len(samples), True)
+    return TraceEstimate(mean, stderr, len(samples), False)
 
 
 def block_dims(ndim: int) -> tuple[int, ...]:

@@ -1,17 +1,21 @@
-"""``minimascope sharpness | connect | weights | mistakes``: describe one minimum, or two side by side.
+"""``minimascope sharpness | weights | connectivity | mistakes``: describe one minimum, or two side by side.
 
-Each command parses, makes one library call (the run-level shells of :mod:`minimascope.landscape` and
-:mod:`minimascope.analysis`) and prints a short summary. Results never go into a run directory: by
-default ``analyses/<run>/<analysis>`` or ``analyses/<A>_vs_<B>/<analysis>``, or ``--out``.
+Each command is named by its row of :data:`minimascope.analyses.ANALYSES` (the study's node kind), answers
+to that row's aliases too (``connect`` for ``connectivity``, hidden from ``--help``), parses, makes one
+library call (the row's run-level shell in :mod:`minimascope.minima`) and prints a short summary. Results
+never go into a run directory: by default ``analyses/<run>/<name>`` or ``analyses/<A>_vs_<B>/<name>``, or
+``--out``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from minimascope.analyses import ANALYSES
 from minimascope.cli._app import app, console, one_line_errors
 
 RUN_HELP = "run directory (or weights file) of a completed run"
@@ -19,15 +23,27 @@ DATA_HELP = "CIFAR-10 source (env: MINIMASCOPE_DATA)"
 DEVICE_HELP = "auto (cuda when present), cpu or cuda[:N]"
 
 
-def _default_out(out: Optional[Path], analysis: str, *runs: Path) -> Path:
+def analysis_command(name: str) -> Callable[[Callable], Callable]:
+    """Register the decorated command as ``minimascope <name>`` and, hidden, under the row's aliases."""
+
+    def register(command: Callable) -> Callable:
+        command = one_line_errors(command)
+        app.command(ANALYSES[name].name)(command)
+        for alias in ANALYSES[name].aliases:
+            app.command(alias, hidden=True)(command)
+        return command
+
+    return register
+
+
+def _default_out(out: Optional[Path], name: str, *runs: Path) -> Path:
     if out is not None:
         return out
     names = [run.resolve().name if run.resolve().is_dir() else run.stem for run in runs]
-    return Path("analyses") / "_vs_".join(names) / analysis
+    return Path("analyses") / "_vs_".join(names) / ANALYSES[name].name
 
 
-@app.command("sharpness")
-@one_line_errors
+@analysis_command("sharpness")
 def sharpness_command(
     run: Path = typer.Argument(..., help=RUN_HELP),
     images: int = typer.Option(1000, help="class-balanced subset of N TRAINING images (the loss that was minimised)"),
@@ -59,9 +75,8 @@ def sharpness_command(
     console.print(f"on {result.n_images} training images; [green]written[/green] {out_dir}", highlight=False)
 
 
-@app.command("connect")
-@one_line_errors
-def connect_command(
+@analysis_command("connectivity")
+def connectivity_command(
     run_a: Path = typer.Argument(..., help=RUN_HELP + " (A, alpha = 0)"),
     run_b: Path = typer.Argument(..., help=RUN_HELP + " (B, alpha = 1)"),
     points: int = typer.Option(11, help="evenly spaced points on the path from A to B, ends included"),
@@ -88,8 +103,7 @@ def connect_command(
                   f"[green]written[/green] {out_dir}", highlight=False)
 
 
-@app.command("weights")
-@one_line_errors
+@analysis_command("weights")
 def weights_command(
     run: Path = typer.Argument(..., help="run directory (its initial.pt gives the distances from init)"),
     threshold: float = typer.Option(1e-3, help="|w| below this counts as a small weight"),
@@ -108,8 +122,7 @@ def weights_command(
     console.print(f"[green]written[/green] {out_dir}", highlight=False)
 
 
-@app.command("mistakes")
-@one_line_errors
+@analysis_command("mistakes")
 def mistakes_command(
     run_a: Path = typer.Argument(..., help="run directory of A (its predictions.pt)"),
     run_b: Path = typer.Argument(..., help="run directory of B (the same test images)"),

@@ -11,27 +11,21 @@ Hessian-vector product over the images is the sum of per-batch products weighted
 Everything is matrix-free, through Hessian-vector products by double backward
 (:func:`minimascope.curvature.hessian_vector_product`):
 
-* :func:`top_eigenvalues` — Lanczos with full reorthogonalisation. Each product enlarges a Krylov space
-  from which all k eigenvalues are read at once; power iteration with deflation (PyHessian's method)
-  spends a whole run of products on each eigenvalue and converges with the ratio of neighbouring
-  eigenvalues, so Lanczos needs several times fewer products for the same accuracy. Convergence is
-  decided by the residual bound ||H y - theta y|| <= tol |theta| of each Ritz pair, which bounds the
-  eigenvalue error too (not by the stagnation of an estimate).
+* :func:`top_eigenvalues` — Lanczos with full reorthogonalisation
+  (:func:`minimascope.minima.lanczos.lanczos_top_eigenvalues`).
 * :func:`hessian_trace` — Hutchinson's estimator with Rademacher probes, run until its standard error is
-  below ``rel_error`` of the estimate.
-* :func:`eigenvalue_density` — stochastic Lanczos quadrature (Ghorbani et al. 2019): per probe, the Ritz
-  values of a Lanczos run are nodes and the squared first components of their vectors are weights.
+  below ``rel_error`` of the estimate (:func:`minimascope.curvature.hutchinson_trace`).
+* :func:`eigenvalue_density` — stochastic Lanczos quadrature (:func:`minimascope.minima.lanczos.slq_density`),
+  stored with its smoothed curve (:func:`density_curve`), which ``density.png`` and the report both draw.
 
-The math cores (:func:`lanczos`, :func:`lanczos_top_eigenvalues`, :func:`slq_density`,
-:func:`smooth_density`) take any symmetric matvec, so they are tested on explicit matrices.
+``sharpness.json`` (format ``minimascope-sharpness-v2``) holds all three; :func:`read_sharpness` reads it.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,142 +37,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from minimascope.curvature import hessian_vector_product, rademacher_like
+from minimascope.curvature import TraceEstimate, hessian_vector_product, hutchinson_trace, rademacher_like
 from minimascope.errors import MinimascopeError
 from minimascope.fast_layers import fast_forward
-from minimascope.io import atomic_write_bytes, atomic_write_json, read_result_json
+from minimascope.io import atomic_write_bytes, atomic_write_json, read_json, read_result_json
+from minimascope.minima.lanczos import TopEigenvalues, lanczos_top_eigenvalues, slq_density, smooth_density
 
-SHARPNESS_FORMAT = "minimascope-sharpness-v1"
+SHARPNESS_FORMAT = "minimascope-sharpness-v2"
+OLDER_FORMATS = ("minimascope-sharpness-v1",)  # without the smoothed density curve
 SHARPNESS_JSON = "sharpness.json"
 DENSITY_PNG = "density.png"
 DEFAULT_BATCH_SIZE = 1000  # 1,000 CIFAR images are one batch: its graph is built once and reused by every product
-Matvec = Callable[[Tensor], Tensor]
-
-
-# ----------------------------------------------------------------------------- math on any symmetric matvec
-
-
-@dataclass(frozen=True)
-class LanczosStep:
-    """The state after step j: diagonal alpha_1..alpha_j of the tridiagonal T_j, and beta_1..beta_j where
-    beta_1..beta_{j-1} are T_j's off-diagonal and beta_j the norm of the residual that would make step j + 1
-    (0 when the Krylov space is invariant, which ends the run). float64, on the CPU."""
-
-    alpha: Tensor
-    beta: Tensor
-
-
-def lanczos(matvec: Matvec, start: Tensor, max_steps: int | None = None) -> Iterator[LanczosStep]:
-    """Lanczos on a symmetric operator from ``start``, with full reorthogonalisation; yields after each step.
-
-    The run ends after ``max_steps`` steps (default: the dimension), or earlier once the Krylov space is
-    invariant; the caller may stop sooner. Every new direction is orthogonalised against all earlier ones
-    (classical Gram-Schmidt as two matrix-vector products, repeated when it removed most of the vector: the
-    Daniel-Gragg-Kaufman-Stewart test), so no ghost copies of converged eigenvalues appear. The basis is
-    kept, in one buffer of ``start``'s dtype and device that doubles as it grows (up to ``max_steps``
-    vectors), so memory is about one to two vectors per step taken.
-    """
-    dim = start.numel()
-    limit = dim if max_steps is None else min(dim, max_steps)
-    basis = torch.empty((min(limit, 16), dim), dtype=start.dtype, device=start.device)
-    basis[0] = start.reshape(-1) / start.norm()
-    alphas: list[float] = []
-    betas: list[float] = []
-    tiny = 1e3 * torch.finfo(start.dtype).eps
-    for j in range(limit):
-        q = basis[j]
-        w = matvec(q.view_as(start)).reshape(-1).clone()
-        alphas.append(torch.dot(q, w).item())
-        w.sub_(q, alpha=alphas[-1])
-        if j > 0:
-            w.sub_(basis[j - 1], alpha=betas[-1])
-        for _ in range(2):
-            before = w.norm()
-            w.addmv_(basis[: j + 1].T, basis[: j + 1] @ w, alpha=-1)
-            after = w.norm()
-            if after > 0.7 * before:
-                break
-        scale = max(abs(a) for a in alphas) + (max(betas) if betas else 0.0)
-        invariant = after.item() <= tiny * scale or j + 1 == dim
-        betas.append(0.0 if invariant else after.item())
-        yield LanczosStep(torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64))
-        if invariant or j + 1 == limit:
-            return
-        if j + 1 == len(basis):
-            grown = torch.empty((min(limit, 2 * len(basis)), dim), dtype=basis.dtype, device=basis.device)
-            grown[: len(basis)] = basis
-            basis = grown
-        basis[j + 1] = w.div_(after)
-
-
-def tridiagonal_eigh(step: LanczosStep) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (ascending) and eigenvectors (columns) of the tridiagonal T_j of a Lanczos step."""
-    t = torch.diag(step.alpha)
-    off = step.beta[:-1]
-    t += torch.diag(off, 1) + torch.diag(off, -1)
-    return torch.linalg.eigh(t)
-
-
-@dataclass(frozen=True)
-class TopEigenvalues:
-    """The k largest eigenvalues, descending, after ``iterations`` Lanczos steps (one matrix-vector or
-    Hessian-vector product each); ``converged``: every one has a residual bound below tol times its
-    magnitude. Fewer than k values (and not converged) only if the Krylov space of the start vector was
-    invariant with fewer than k dimensions: Lanczos sees one copy of each distinct eigenvalue it reaches."""
-
-    values: list[float]
-    iterations: int
-    converged: bool
-
-
-def lanczos_top_eigenvalues(matvec: Matvec, start: Tensor, k: int, *, tol: float, max_iter: int) -> TopEigenvalues:
-    """The k algebraically largest eigenvalues of a symmetric operator by Lanczos from ``start``.
-
-    Ritz pair i of step j has ||A y_i - theta_i y_i|| = |beta_j s_ji| (s_ji the last component of its
-    eigenvector of T_j); the run stops when that is <= tol |theta_i| for the top k, or after ``max_iter``.
-    """
-    if k < 1:
-        raise MinimascopeError(f"k must be >= 1, got {k}")
-    if k > start.numel():
-        raise MinimascopeError(f"k = {k} eigenvalues asked of a {start.numel()}-dimensional Hessian")
-    values: list[float] = []
-    converged, iterations = False, 0
-    for iterations, step in enumerate(lanczos(matvec, start, max_iter), start=1):  # noqa: B007 (read after the loop)
-        ritz, vectors = tridiagonal_eigh(step)
-        if len(ritz) >= k:
-            top = ritz[-k:].flip(0)
-            residuals = (step.beta[-1] * vectors[-1, -k:].flip(0)).abs()
-            values = top.tolist()
-            converged = bool((residuals <= tol * top.abs()).all())
-        if converged:
-            break
-    return TopEigenvalues(values, iterations, converged)
-
-
-def slq_density(matvec: Matvec, starts: list[Tensor], steps: int) -> tuple[Tensor, Tensor]:
-    """Stochastic Lanczos quadrature: (nodes, weights), float64, concatenated over the start vectors.
-
-    Per start vector v (unit-normed inside), ``steps`` Lanczos steps give T = S diag(theta) S^T; the
-    quadrature sum_i S_1i^2 f(theta_i) approximates v^T f(A) v / v^T v, so the nodes theta_i with weights
-    S_1i^2 / len(starts) form a density whose weights sum to 1 and whose mean is the mean over starts of
-    v^T A v / v^T v (for Rademacher v, Hutchinson's trace / dim).
-    """
-    if steps < 1 or not starts:
-        raise MinimascopeError("a density needs at least one probe and one Lanczos step")
-    nodes, weights = [], []
-    for start in starts:
-        *_, last = lanczos(matvec, start, steps)
-        ritz, vectors = tridiagonal_eigh(last)
-        nodes.append(ritz)
-        weights.append(vectors[0] ** 2 / len(starts))
-    return torch.cat(nodes), torch.cat(weights)
-
-
-def smooth_density(nodes: Tensor, weights: Tensor, grid: Tensor, sigma: float) -> Tensor:
-    """The density sum_i w_i N(x; theta_i, sigma^2) on ``grid``: the SLQ nodes spread by a Gaussian kernel
-    (so it integrates to sum w_i = 1 when the grid covers the nodes with a few sigma to spare)."""
-    z = (grid.double().unsqueeze(1) - nodes.double().unsqueeze(0)) / sigma
-    return (torch.exp(-0.5 * z * z) @ weights.double()) / (sigma * math.sqrt(2 * math.pi))
+# The smoothed density: POINTS points over the nodes' span plus MARGIN of it on each side, a Gaussian kernel
+# of WIDTH times the span (so the margin is 5 kernel widths: each tail left out holds < 3e-7 of the mass),
+# values floored at FLOOR so that a log axis can show them.
+DENSITY_POINTS, DENSITY_MARGIN, DENSITY_WIDTH, DENSITY_FLOOR = 400, 0.05, 0.01, 1e-12
 
 
 # ----------------------------------------------------------------------------- the loss Hessian of a network
@@ -282,36 +155,6 @@ def top_eigenvalues(model: nn.Module, images: Tensor, labels: Tensor, k: int = 3
     return lanczos_top_eigenvalues(hessian, start, k, tol=tol, max_iter=max_iter)
 
 
-@dataclass(frozen=True)
-class TraceEstimate:
-    """Hutchinson's estimate of tr(H), its standard error, the probes (products) used, and whether the
-    standard error met ``rel_error`` before ``max_probes``."""
-
-    value: float
-    stderr: float
-    probes: int
-    converged: bool
-
-
-def hutchinson_trace(matvec: Matvec, template: Tensor, *, rel_error: float, min_probes: int, max_probes: int,
-                     generator: torch.Generator) -> TraceEstimate:
-    """Mean of z^T A z over Rademacher probes z (unbiased: E[z z^T] = I), drawn until the standard error
-    of the mean (sample std / sqrt(probes)) is below ``rel_error`` |mean|, with at least ``min_probes``."""
-    if not 2 <= min_probes <= max_probes:
-        raise MinimascopeError(f"need 2 <= min_probes <= max_probes, got {min_probes} and {max_probes}")
-    samples: list[float] = []
-    mean = stderr = math.nan
-    while len(samples) < max_probes:
-        z = rademacher_like(template, generator)
-        samples.append(torch.dot(z.reshape(-1), matvec(z).reshape(-1)).item())
-        if len(samples) >= 2:
-            values = torch.tensor(samples, dtype=torch.float64)
-            mean, stderr = values.mean().item(), (values.std() / math.sqrt(len(samples))).item()
-            if len(samples) >= min_probes and stderr < rel_error * abs(mean):
-                return TraceEstimate(mean, stderr, len(samples), True)
-    return TraceEstimate(mean, stderr, len(samples), False)
-
-
 def hessian_trace(model: nn.Module, images: Tensor, labels: Tensor, *, rel_error: float = 1e-2,
                   min_probes: int = 10, max_probes: int = 1000, seed: int = 0,
                   batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None) -> TraceEstimate:
@@ -322,14 +165,38 @@ def hessian_trace(model: nn.Module, images: Tensor, labels: Tensor, *, rel_error
                             max_probes=max_probes, generator=_probe_generator(seed))
 
 
+def density_curve(nodes: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, float]:
+    """(grid, density, sigma): :func:`smooth_density` of the SLQ nodes and weights with a kernel of
+    ``DENSITY_WIDTH`` times their span, on ``DENSITY_POINTS`` points reaching ``DENSITY_MARGIN`` of the span
+    beyond the extreme nodes, floored at ``DENSITY_FLOOR``. Over the grid it integrates to 1 within 6e-7 (the
+    tails beyond five kernel widths) plus the floor times the grid's width."""
+    nodes, weights = nodes.double(), weights.double()
+    low, high = nodes.min().item(), nodes.max().item()
+    # all nodes equal: a span at the rounding scale of their magnitude, so the grid's points stay distinct
+    span = max(high - low, 1e-12 * max(abs(low), abs(high), 1.0))
+    sigma = DENSITY_WIDTH * span
+    grid = torch.linspace(low - DENSITY_MARGIN * span, high + DENSITY_MARGIN * span, DENSITY_POINTS,
+                          dtype=torch.float64)
+    return grid, smooth_density(nodes, weights, grid, sigma).clamp_min(DENSITY_FLOOR), sigma
+
+
 @dataclass(frozen=True)
 class Density:
-    """SLQ nodes (Ritz values) and weights (summing to 1 over all probes)."""
+    """SLQ nodes (Ritz values) and weights (summing to 1 over all probes), and the smoothed curve of
+    :func:`density_curve` (``grid``, ``smoothed``, kernel width ``sigma``) computed from them once."""
 
     nodes: list[float]
     weights: list[float]
     steps: int
     probes: int
+    grid: list[float]
+    smoothed: list[float]
+    sigma: float
+
+    @classmethod
+    def of_quadrature(cls, nodes: Tensor, weights: Tensor, steps: int, probes: int) -> Density:
+        grid, smoothed, sigma = density_curve(nodes, weights)
+        return cls(nodes.tolist(), weights.tolist(), steps, probes, grid.tolist(), smoothed.tolist(), sigma)
 
 
 def eigenvalue_density(model: nn.Module, images: Tensor, labels: Tensor, *, steps: int = 64, probes: int = 1,
@@ -342,7 +209,7 @@ def eigenvalue_density(model: nn.Module, images: Tensor, labels: Tensor, *, step
     generator = _probe_generator(seed)
     starts = [rademacher_like(hessian.template(), generator) for _ in range(probes)]
     nodes, weights = slq_density(hessian, starts, steps)
-    return Density(nodes.tolist(), weights.tolist(), steps, probes)
+    return Density.of_quadrature(nodes, weights, steps, probes)
 
 
 # ----------------------------------------------------------------------------- all three, on disk
@@ -369,7 +236,8 @@ class Sharpness:
             "probes": self.trace.probes,
             "trace_converged": self.trace.converged,
             "density": {"nodes": self.density.nodes, "weights": self.density.weights,
-                        "steps": self.density.steps, "probes": self.density.probes},
+                        "steps": self.density.steps, "probes": self.density.probes, "sigma": self.density.sigma,
+                        "grid": self.density.grid, "smoothed": self.density.smoothed},
             "n_images": self.n_images,
             "parameters": self.parameters,
             "seed": self.seed,
@@ -405,42 +273,56 @@ def write_sharpness(result: Sharpness, out_dir: str | Path) -> list[Path]:
     return [out / SHARPNESS_JSON, out / DENSITY_PNG]
 
 
+def _older_format(path: str | Path) -> str | None:
+    """The format of an older minimascope's ``sharpness.json`` at ``path`` (a file or its folder), if it is one."""
+    file = Path(path) / SHARPNESS_JSON if Path(path).is_dir() else Path(path)
+    try:
+        found = read_json(file).get("format")
+    except (MinimascopeError, AttributeError):
+        return None
+    return found if found in OLDER_FORMATS else None
+
+
 def read_sharpness(path: str | Path) -> Sharpness:
     """A ``sharpness.json`` (or the folder holding one) back as a :class:`Sharpness`."""
-    record = read_result_json(path, SHARPNESS_FORMAT, SHARPNESS_JSON, "sharpness result")
-    density = record["density"]
-    return Sharpness(
-        eigenvalues=TopEigenvalues(record["eigenvalues"], record["eigenvalue_iterations"],
-                                   record["eigenvalues_converged"]),
-        trace=TraceEstimate(record["trace"], record["trace_stderr"], record["probes"], record["trace_converged"]),
-        density=Density(density["nodes"], density["weights"], density["steps"], density["probes"]),
-        n_images=record["n_images"],
-        parameters=record["parameters"],
-        seed=record["seed"],
-        settings=record["settings"],
-    )
+    try:
+        record = read_result_json(path, SHARPNESS_FORMAT, SHARPNESS_JSON, "sharpness result")
+    except MinimascopeError:
+        older = _older_format(path)
+        if older is None:
+            raise
+        raise MinimascopeError(f"{path} was written by an older minimascope ({older}, without the smoothed "
+                               f"density); re-run `minimascope sharpness` (or the study) to rewrite it") from None
+    try:
+        density = record["density"]
+        return Sharpness(
+            eigenvalues=TopEigenvalues(record["eigenvalues"], record["eigenvalue_iterations"],
+                                       record["eigenvalues_converged"]),
+            trace=TraceEstimate(record["trace"], record["trace_stderr"], record["probes"], record["trace_converged"]),
+            density=Density(density["nodes"], density["weights"], density["steps"], density["probes"],
+                            density["grid"], density["smoothed"], density["sigma"]),
+            n_images=record["n_images"],
+            parameters=record["parameters"],
+            seed=record["seed"],
+            settings=record["settings"],
+        )
+    except (KeyError, TypeError) as exc:
+        raise MinimascopeError(f"{path}: malformed {SHARPNESS_FORMAT} file ({type(exc).__name__}: {exc})") from None
 
 
-def density_figure(density: Density, path: str | Path, *, title: str, points: int = 1000) -> None:
-    """The smoothed density on a log axis (the bulk near 0 and the outliers differ by orders of magnitude);
-    the kernel width is 1% of the spectrum's span."""
-    nodes, weights = torch.tensor(density.nodes), torch.tensor(density.weights)
-    low, high = nodes.min().item(), nodes.max().item()
-    span = max(high - low, 1e-12 * max(abs(low), abs(high), 1.0))
-    sigma = 0.01 * span
-    grid = torch.linspace(low - 5 * sigma, high + 5 * sigma, points, dtype=torch.float64)
-    values = smooth_density(nodes, weights, grid, sigma).clamp_min(1e-12)
+def density_figure(density: Density, path: str | Path, *, title: str) -> None:
+    """The stored smoothed density on a log axis (the bulk near 0 and the outliers differ by orders of
+    magnitude)."""
     figure = Figure(figsize=(6, 4), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.semilogy(grid.numpy(), values.numpy())
+    axes.semilogy(density.grid, density.smoothed)
     axes.set_xlabel("eigenvalue")
-    axes.set_ylabel(f"density (Gaussian kernel, sigma = {sigma:.3g})")
+    axes.set_ylabel(f"density (Gaussian kernel, sigma = {density.sigma:.3g})")
     axes.set_title(f"{title}\n{density.probes} probe(s) x {density.steps} Lanczos steps", fontsize=9)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     atomic_write_bytes(path, buffer.getvalue())
-
 
 
 # ----------------------------------------------------------------------------- a run's sharpness, on disk
