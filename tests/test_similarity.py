@@ -277,6 +277,17 @@ def test_matrix_path_matches_plain_measures() -> None:
     assert cka.layers_a == ("wide", "narrow") and cka.layers_b == ("mid",) and cka.n_samples == 300
 
 
+def test_cells_whose_canonical_correlations_are_one_by_construction_are_marked() -> None:
+    """On 20 samples two 15-wide noise layers keep 15 + 15 > 19 directions together: some canonical
+    correlations are 1 whatever the layers, so those SVCCA cells are marked; 3-wide layers are not."""
+    acts = {"wide": gaussian(20, 15, 36), "narrow": gaussian(20, 3, 37), "other": gaussian(20, 15, 38)}
+    with pytest.warns(SimilarityWarning, match="1 by construction"):
+        svcca_matrix, cka = compare_activations(acts, measures=("svcca", "cka"))
+    marked = svcca_matrix.by_construction
+    assert marked.tolist() == [[False, False, True], [False, False, False], [True, False, False]]
+    assert svcca_matrix.to_dict()["by_construction"] == marked.tolist() and cka.by_construction is None
+
+
 @pytest.mark.parametrize("limit", [EXACT_EIGEN_LIMIT, 128])  # 128: randomized eigen-decomposition
 @pytest.mark.parametrize("keep", [0.99, 0.999])
 def test_truncated_procrustes_error(monkeypatch: pytest.MonkeyPatch, limit: int, keep: float) -> None:

@@ -21,7 +21,7 @@ RUN_COLUMNS = ("arm", "seed", "optimizer", "init", "std_multiplier", "epochs", "
                "step_time_mean_s")  # summary.csv's
 CURVE_COLUMNS = ("arm", "seed", "epoch", "metric", "value")
 SIMILARITY_COLUMNS = ("arm_a", "arm_b", "seed_a", "seed_b", "measure", "kind", "convention", "layer_a", "layer_b",
-                      "value", "n_samples")
+                      "value", "by_construction", "n_samples")
 SHARPNESS_COLUMNS = ("arm", "seed", "n_images", "top_eigenvalue", "eigenvalues", "eigenvalues_converged", "trace",
                      "trace_stderr", "trace_probes", "trace_converged")
 CONNECTIVITY_COLUMNS = ("arm_a", "arm_b", "seed", "variant", "alpha", "train_loss", "train_error", "test_loss",
@@ -61,12 +61,14 @@ def curves(study: Study) -> pd.DataFrame:
 
 def similarity(study: Study) -> pd.DataFrame:
     """Every cell of every similarity matrix: arm A's layer against arm B's, at one seed (seed_a == seed_b)
-    or between two seeds of one arm."""
+    or between two seeds of one arm; ``by_construction`` marks SVCCA / CCA cells whose sides keep more than
+    n − 1 directions together (some canonical correlations are 1 whatever the layers)."""
     compared = [(c.arm_a, c.arm_b, c.seed, c.seed, c.matrices) for c in study.comparisons]
     compared += [(c.arm, c.arm, *c.seeds, c.matrices) for c in study.seed_comparisons]
     rows = ({"arm_a": arm_a, "arm_b": arm_b, "seed_a": seed_a, "seed_b": seed_b, "measure": m.measure,
              "kind": m.kind, "convention": m.convention, "layer_a": layer_a, "layer_b": layer_b,
-             "value": float(m.values[i, j]), "n_samples": m.n_samples}
+             "value": float(m.values[i, j]), "n_samples": m.n_samples,
+             "by_construction": m.by_construction is not None and bool(m.by_construction[i, j])}
             for arm_a, arm_b, seed_a, seed_b, matrices in compared for m in matrices.values()
             for i, layer_a in enumerate(m.layers_a) for j, layer_b in enumerate(m.layers_b))
     return frame(rows, SIMILARITY_COLUMNS)

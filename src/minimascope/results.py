@@ -227,13 +227,14 @@ def read_similarity(path: Path) -> SimilarityMatrix:
     record = read_json(path, "similarity matrix")
     try:
         values = np.asarray(record["values"], dtype=float)
-        bound = record.get("error_bound")
+        bound, forced = record.get("error_bound"), record.get("by_construction")
         matrix = SimilarityMatrix(
             measure=str(record["measure"]), kind=str(record["kind"]), convention=str(record.get("convention", "")),
             values=values, layers_a=tuple(record["layers_a"]), layers_b=tuple(record["layers_b"]),
             n_samples=int(record["n_samples"]), policy=str(record.get("policy", "")),
             label_a=str(record.get("label_a", "A")), label_b=str(record.get("label_b", "B")),
-            error_bound=None if bound is None else np.asarray(bound, dtype=float))
+            error_bound=None if bound is None else np.asarray(bound, dtype=float),
+            by_construction=None if forced is None else np.asarray(forced, dtype=bool))
     except (KeyError, TypeError, ValueError) as exc:
         raise MinimascopeError(f"{path} is not a similarity matrix ({type(exc).__name__}: {exc})") from None
     if values.shape != (len(matrix.layers_a), len(matrix.layers_b)):

@@ -60,6 +60,9 @@ class SimilarityMatrix:
     label_a: str
     label_b: str
     error_bound: np.ndarray | None = None  # bound on |value − exact value|; None when exact
+    # SVCCA / mean CCA: True where the two sides keep more than n − 1 directions together, so some
+    # canonical correlations are 1 by construction and the value says little about the layers.
+    by_construction: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +72,7 @@ class SimilarityMatrix:
             "layers_a": list(self.layers_a), "layers_b": list(self.layers_b),
             "values": self.values.tolist(),
             "error_bound": None if self.error_bound is None else self.error_bound.tolist(),
+            "by_construction": None if self.by_construction is None else self.by_construction.tolist(),
         }
 
 
@@ -95,12 +99,13 @@ class _Layout:
         index = {name: i for i, name in enumerate(self.names_a)}
         return values[np.ix_([index[x] for x in self.la], [index[y] for y in self.lb])]
 
-    def matrix(self, measure: str, values: np.ndarray, extra: str = "",
-               bound: np.ndarray | None = None) -> SimilarityMatrix:
+    def matrix(self, measure: str, values: np.ndarray, extra: str = "", bound: np.ndarray | None = None,
+               by_construction: np.ndarray | None = None) -> SimilarityMatrix:
         spec = MEASURES[measure]
         return SimilarityMatrix(measure, spec.kind, spec.convention + extra, self.select(values), self.la, self.lb,
                                 self.n, self.policy, self.label_a, self.label_b,
-                                None if bound is None else self.select(bound))
+                                None if bound is None else self.select(bound),
+                                None if by_construction is None else self.select(by_construction))
 
 
 def _check_measures(measures: Sequence[str]) -> None:
@@ -243,11 +248,11 @@ def compare_activations(acts_a: Mapping[str, Tensor], acts_b: Mapping[str, Tenso
         fa = [factors[i] for i in range(len(xs))]
         fb = None if same else [factors[len(xs) + j] for j in range(len(lb))]
         names_b = layout.names_a if same else list(lb)
-        for m, (values, bound) in _pair_matrices(factor_measures, fa, fb, layout.names_a, names_b, n, needs,
-                                                  progress).items():
+        for m, (values, bound, forced) in _pair_matrices(factor_measures, fa, fb, layout.names_a, names_b, n,
+                                                          needs, progress).items():
             extra = "" if bound is None else (f"; each layer truncated to the directions explaining "
                                               f"{needs[m]:.4g} of its variance; error_bound bounds |value - exact|")
-            results[m] = layout.matrix(m, values, extra, bound)
+            results[m] = layout.matrix(m, values, extra, bound, forced)
     return [results[m] for m in measures]
 
 
@@ -265,10 +270,11 @@ def _pair_values(fx: _Factor, fy: _Factor, kept: Mapping[str, tuple[int, int]]) 
 
 def _pair_matrices(measures: Sequence[str], fa: list[_Factor], fb: list[_Factor] | None, names_a: list[str],
                    names_b: list[str], n: int, needs: Mapping[str, float],
-                   progress: Progress | None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+                   progress: Progress | None) -> dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
     """SVCCA / mean CCA / Procrustes for every factor pair (``fb=None``: A with itself, each
     unordered pair once, a layer with itself exactly): one U_aᵀU_b product per pair and small
-    SVDs of its leading blocks, pairs spread over single-threaded workers."""
+    SVDs of its leading blocks, pairs spread over single-threaded workers. Per measure: values,
+    Procrustes' error bound, and the canonical-correlation cells that are partly 1 by construction."""
     same = fb is None
     fb = fa if fb is None else fb
     cca_measures = [m for m in measures if m != "procrustes"]
@@ -300,16 +306,21 @@ def _pair_matrices(measures: Sequence[str], fa: list[_Factor], fb: list[_Factor]
             bound[j, i] = bound[i, j]
     constant = list(dict.fromkeys(name for names, fs in ((names_a, fa), (names_b, fb))
                                   for name, f in zip(names, fs) if f.total == 0.0))
+    forced = {}
     for m in cca_measures:
         _warn_constant(constant, f"{m} is 0")
-        forced = sum(kept_a[i][m] > 0 and kept_b[j][m] > 0 and kept_a[i][m] + kept_b[j][m] > n - 1
-                     for i, j in pairs)
-        if forced:
-            _warn(f"{m}: in {forced} layer pairs the sides keep more than n - 1 = {n - 1} directions "
+        forced[m] = np.zeros((len(fa), len(fb)), dtype=bool)
+        for i, j in pairs:
+            forced[m][i, j] = kept_a[i][m] > 0 and kept_b[j][m] > 0 and kept_a[i][m] + kept_b[j][m] > n - 1
+            if same:
+                forced[m][j, i] = forced[m][i, j]
+        if forced[m].any():
+            count = sum(forced[m][i, j] for i, j in pairs)
+            _warn(f"{m}: in {count} layer pairs the sides keep more than n - 1 = {n - 1} directions "
                   f"together, so some canonical correlations are 1 by construction")
     if "procrustes" in measures:
         _warn_constant(constant, "Procrustes distance is 2")
-    return {m: (values[m], bound if m == "procrustes" else None) for m in measures}
+    return {m: (values[m], bound if m == "procrustes" else None, forced.get(m)) for m in measures}
 
 
 def _num_classes(model: nn.Module) -> int | None:
