@@ -200,12 +200,12 @@ def test_sharpness_writes_reads_and_refuses_other_files(problem, tmp_path) -> No
     model, images, labels, _ = problem
     result = hessian.sharpness(model, images, labels, tmp_path, k=2, max_probes=20, density_steps=6, seed=3)
     record = json.loads((tmp_path / "sharpness.json").read_text())
-    assert record["format"] == "minimascope-sharpness-v2" and record["n_images"] == len(labels)
+    assert record["format"] == "minimascope-sharpness-v3" and record["n_images"] == len(labels)
     assert record["eigenvalues"] == result.eigenvalues.values and record["trace"] == result.trace.value
     assert hessian.read_sharpness(tmp_path) == result
     assert (tmp_path / "density.png").read_bytes().startswith(b"\x89PNG")
     (tmp_path / "other.json").write_text('{"format": "something-else"}')
-    with pytest.raises(MinimascopeError, match="not a minimascope-sharpness-v2"):
+    with pytest.raises(MinimascopeError, match="not a minimascope-sharpness-v3"):
         hessian.read_sharpness(tmp_path / "other.json")
 
 
@@ -246,8 +246,8 @@ def test_an_older_sharpness_file_is_one_line(tmp_path) -> None:
     with pytest.raises(MinimascopeError, match=r"older minimascope .*re-run `minimascope sharpness`") as error:
         hessian.read_sharpness(tmp_path)
     assert "\n" not in str(error.value)
-    (tmp_path / "sharpness.json").write_text(json.dumps({"format": "minimascope-sharpness-v2", "eigenvalues": [1.0]}))
-    with pytest.raises(MinimascopeError, match="malformed minimascope-sharpness-v2"):
+    (tmp_path / "sharpness.json").write_text(json.dumps({"format": "minimascope-sharpness-v3", "eigenvalues": [1.0]}))
+    with pytest.raises(MinimascopeError, match="malformed minimascope-sharpness-v3"):
         hessian.read_sharpness(tmp_path)
 
 
@@ -291,7 +291,7 @@ def test_path_ends_are_the_networks_and_self_barrier_is_zero(tmp_path) -> None:
         assert path.barriers() == dict.fromkeys(connectivity.METRICS, 0.0)
     connectivity.write_connectivity(result, tmp_path)
     assert connectivity.read_connectivity(tmp_path) == result
-    assert json.loads((tmp_path / "connectivity.json").read_text())["format"] == "minimascope-connectivity-v1"
+    assert json.loads((tmp_path / "connectivity.json").read_text())["format"] == "minimascope-connectivity-v2"
     assert (tmp_path / "connectivity.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -200,7 +200,7 @@ def test_write_without_images_writes_tables_only(tmp_path) -> None:
 
 def test_reader_refuses_other_files(tmp_path) -> None:
     (tmp_path / "mistakes.json").write_text(json.dumps({"format": "minimascope-weights-v1"}))
-    with pytest.raises(MinimascopeError, match="not a minimascope-mistakes-v1"):
+    with pytest.raises(MinimascopeError, match="not a minimascope-mistakes-v2"):
         read_mistakes(tmp_path)
     (tmp_path / "mistakes.json").write_text(json.dumps({"format": MISTAKES_FORMAT}))
     with pytest.raises(MinimascopeError, match="malformed"):

@@ -31,7 +31,13 @@ from minimascope.optimizer_effect import (
 )
 from minimascope.runs import RUN_FORMAT, RUN_JSON
 from minimascope.similarity import SimilarityMatrix
-from minimascope.stats import mean_confidence_interval, permutation_test, t_central_mass, t_quantile
+from minimascope.stats import (
+    mean_confidence_interval,
+    paired_comparison,
+    permutation_test,
+    t_central_mass,
+    t_quantile,
+)
 
 # ----------------------------------------------------------------------------- t distribution and intervals
 
@@ -223,9 +229,10 @@ def test_write_and_read_back(tmp_path) -> None:
     within = {("cka", "conv1"): [0.95, 0.96, 0.94], ("svcca", "fc"): [0.7]}
     across = {("cka", "conv1"): [0.80, 0.82, 0.79, 0.81], ("svcca", "fc"): [0.6, 0.5]}
     result = seed_statistics(("sgd", "adahessian"), {"sgd": within}, across,
-                             {"test accuracy": ([0.4, 0.41], [0.42, 0.43]), "Hessian trace": ([1.0], [2.0, 3.0])})
+                             {"test accuracy": ({0: 0.4, 1: 0.41}, {0: 0.42, 1: 0.43}),
+                              "Hessian trace": ({0: 1.0}, {0: 2.0, 1: 3.0})})
     tests = optimizer_effect_tests(within, across)
-    assert result.tests == tests and [s.name for s in result.scalars] == ["test accuracy"]  # the trace has 1 value
+    assert result.tests == tests and [s.name for s in result.scalars] == ["test accuracy"]  # the trace: 1 shared seed
     paths = write_seed_statistics(result, tmp_path)
     assert [p.name for p in paths] == ["seeds.json", "seeds.csv"]
     back = read_seed_statistics(tmp_path)
@@ -234,15 +241,19 @@ def test_write_and_read_back(tmp_path) -> None:
     assert math.isnan(back.tests[1].within.low) and back.tests[1].across == tests[1].across
     assert back.tests[1].test == tests[1].test
     data = json.loads(paths[0].read_text())
-    assert data["format"] == SEEDS_FORMAT == "minimascope-seeds-v2" and data["tests"][1]["within"]["low"] is None
+    assert data["format"] == SEEDS_FORMAT == "minimascope-seeds-v3" and data["tests"][1]["within"]["low"] is None
     rows = list(csv.DictReader(paths[1].open()))
     assert rows[0]["layer"] == "conv1" and float(rows[0]["p_value"]) == tests[0].test.p_value
     assert rows[1]["within_low"] == "" and rows[1]["within_n"] == "1"
     (tmp_path / "seeds.json").write_text(json.dumps({"format": SEEDS_FORMAT, "tests": [{"measure": "cka"}]}))
     with pytest.raises(MinimascopeError, match="malformed"):
         read_seed_statistics(tmp_path)
-    (tmp_path / "seeds.json").write_text(json.dumps({"format": "minimascope-seeds-v1", "tests": []}))
-    with pytest.raises(MinimascopeError, match="not a minimascope-seeds-v2 file"):
+    (tmp_path / "seeds.json").write_text(json.dumps({"format": "minimascope-seeds-v2", "tests": []}))
+    with pytest.raises(MinimascopeError, match=r"older minimascope \(minimascope-seeds-v2.*re-run") as error:
+        read_seed_statistics(tmp_path)
+    assert "\n" not in str(error.value)
+    (tmp_path / "seeds.json").write_text(json.dumps({"format": "other", "tests": []}))
+    with pytest.raises(MinimascopeError, match="not a minimascope-seeds-v3 file"):
         read_seed_statistics(tmp_path)
     with pytest.raises(MinimascopeError, match="seed statistics not found"):
         read_seed_statistics(tmp_path / "elsewhere")
@@ -318,9 +329,12 @@ def test_seed_statistics_of_a_pair_equal_the_tests_of_their_values(pair_inputs: 
     assert [s.name for s in result.scalars] == list(expected)
     for scalar in result.scalars:
         a, b = expected[scalar.name]
+        assert scalar.seeds == list(SEEDS)
         assert scalar.arm_a_values == pytest.approx(a) and scalar.arm_b_values == pytest.approx(b)
-        assert scalar.test == permutation_test(scalar.arm_a_values, scalar.arm_b_values, alternative="two-sided")
-        assert scalar.test.p_value == pytest.approx(2 / 20)  # the observed split and its mirror, of C(6, 3)
+        assert scalar.paired == paired_comparison(scalar.arm_a_values, scalar.arm_b_values)  # paired by seed
+        assert scalar.paired.lower == 3 and scalar.verdict.verdict == "not supported"  # b higher in 3 of 3
+        assert scalar.verdict.direction == "adahessian higher than sgd"
+        assert scalar.test.p_value == pytest.approx(2 / 8)  # all negative and all positive, of 2^3 sign flips
     assert result.arms == ARMS and result.within_arms == list(ARMS) and result.problems == []
     assert read_seed_statistics(tmp_path / "out") == result
     assert (tmp_path / "out" / "seeds.csv").is_file()
@@ -359,4 +373,4 @@ def test_seed_statistics_inputs_missing_or_foreign_are_one_line(pair_inputs: dic
     refused({"across": [{"seed": 0, "path": str(tmp_path / "foreign")}]}, "holds no similarity matrix")
     (tmp_path / "foreign" / "sharpness.json").write_text('{"format": "other"}')
     refused({"sharpness": [{"arm": "sgd", "seed": 0, "path": str(tmp_path / "foreign")}]},
-            "not a minimascope-sharpness-v2 file")
+            "not a minimascope-sharpness-v3 file")

@@ -61,9 +61,10 @@ class AnalysisInfo:
 ANALYSES: dict[str, AnalysisInfo] = {row.name: row for row in (
     AnalysisInfo("sharpness", PER_RUN, "minimascope.minima.sharpness", "sharpness_of_run", "read_sharpness",
                  "sharpness.json", ("images", "k", "tol", "max_iter", "rel_error", "max_probes", "density_steps",
-                                    "seed"),
+                                    "seed", "adaptive"),
                  takes=("data_source", "device"), section="sharpness",
-                 summary="top Hessian eigenvalues, trace and eigenvalue density of a run's training loss"),
+                 summary="top Hessian eigenvalues, trace and eigenvalue density of a run's training loss, their "
+                         "|w|-scaled (rescaling-invariant) λ1 and trace, and the loss at the weights"),
     AnalysisInfo("weights", PER_RUN, "minimascope.minima.weights", "weights_of_run", "read_weight_statistics",
                  "weights.json", ("threshold",), section="weights",
                  summary="per-layer weight statistics of a run, distance from its initial weights included"),
@@ -77,7 +78,7 @@ ANALYSES: dict[str, AnalysisInfo] = {row.name: row for row in (
     AnalysisInfo("seeds", PER_ARM_PAIR, "minimascope.optimizer_effect", "seed_statistics_of_pair",
                  "read_seed_statistics", "seeds.json", (), section="seeds",
                  summary="two arms against two seeds of one arm: layer similarities (across vs within) and "
-                         "test accuracy, top eigenvalue and trace, by permutation tests"),
+                         "test accuracy, sharpness (paired by seed) and cost per step"),
 )}
 
 

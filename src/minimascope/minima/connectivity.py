@@ -2,7 +2,11 @@
 
 At evenly spaced alpha in [0, 1] the network with weights (1 - alpha) theta_A + alpha theta_B is evaluated
 (eval mode) on training and test images; the barrier of a curve is its maximum along the path minus the
-mean of its two ends (Frankle et al. 2020), for the loss and for the error. Batch norm needs a choice,
+mean of its two ends (Frankle et al. 2020), for the loss and for the error; the chord-form barrier (Entezari
+et al. 2022) is the maximum over alpha of the curve minus the straight chord between its ends,
+L(alpha) − [(1 − alpha) L(0) + alpha L(1)], stored beside it. Every point carries its standard error over
+the images (the sample sd of the per-image losses, or of the 0/1 errors, over √n): uncertainty "on these
+networks", not across seeds. Batch norm needs a choice,
 since the running statistics of an interpolated network are not those of either end:
 
 * ``interpolate`` — the running statistics are interpolated like the weights;
@@ -19,8 +23,9 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +36,10 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_bytes, atomic_write_json, read_result_json
+from minimascope.io import atomic_write_bytes, atomic_write_json, read_json, read_result_json
 
-CONNECTIVITY_FORMAT = "minimascope-connectivity-v1"
+CONNECTIVITY_FORMAT = "minimascope-connectivity-v2"
+OLDER_FORMATS = ("minimascope-connectivity-v1",)  # without the chord-form barrier and standard errors
 CONNECTIVITY_JSON = "connectivity.json"
 CONNECTIVITY_PNG = "connectivity.png"
 BN_MODES = ("interpolate", "recompute")
@@ -44,6 +50,11 @@ MATCHED = "+matched"
 def barrier(values: Sequence[float]) -> float:
     """Maximum along the path minus the mean of its two ends (0 for a path no worse than its ends' mean)."""
     return max(values) - (values[0] + values[-1]) / 2
+
+
+def chord_barrier(values: Sequence[float], alphas: Sequence[float]) -> float:
+    """max over alpha of value(alpha) − [(1 − alpha) value(0) + alpha value(1)] (Entezari et al. 2022)."""
+    return max(v - ((1 - a) * values[0] + a * values[-1]) for v, a in zip(values, alphas))
 
 
 def interpolate_state(state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor]:
@@ -85,19 +96,24 @@ def recompute_batch_norm(model: nn.Module, images: Tensor, *, batch_size: int, d
 
 
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int,
-             device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, error rate) of ``model`` in eval mode on normalised ``images``."""
+             device: torch.device) -> tuple[float, float, float, float]:
+    """(mean cross-entropy, error rate, and their standard errors over the images) of ``model`` in eval
+    mode on normalised ``images``; a standard error is NaN with one image."""
     model.eval()
     dtype = next(model.parameters()).dtype
-    loss = torch.zeros((), dtype=torch.float64, device=device)
-    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    losses, wrongs = [], []
     with torch.no_grad():
         for batch in _batches(len(labels), batch_size):
             logits = model(images[batch].to(device, dtype))
             target = labels[batch].to(device)
-            loss += F.cross_entropy(logits, target, reduction="sum").double()
-            wrong += (logits.argmax(1) != target).sum()
-    return loss.item() / len(labels), wrong.item() / len(labels)
+            losses.append(F.cross_entropy(logits, target, reduction="none").double())
+            wrongs.append((logits.argmax(1) != target).double())
+    loss, wrong = torch.cat(losses), torch.cat(wrongs)
+    n = len(labels)
+    if n < 2:
+        return loss.mean().item(), wrong.mean().item(), math.nan, math.nan
+    return (loss.mean().item(), wrong.mean().item(), (loss.std() / math.sqrt(n)).item(),
+            (wrong.std() / math.sqrt(n)).item())
 
 
 @dataclass(frozen=True)
@@ -110,9 +126,14 @@ class PathCurve:
     train_error: list[float]
     test_loss: list[float]
     test_error: list[float]
+    # metric → standard error over the images at each point (empty for a curve built without them)
+    standard_errors: dict[str, list[float]] = field(default_factory=dict)
 
     def barriers(self) -> dict[str, float]:
         return {metric: barrier(getattr(self, metric)) for metric in METRICS}
+
+    def chord_barriers(self, alphas: Sequence[float]) -> dict[str, float]:
+        return {metric: chord_barrier(getattr(self, metric), alphas) for metric in METRICS}
 
 
 @dataclass(frozen=True)
@@ -134,8 +155,12 @@ class Connectivity:
         return {
             "format": CONNECTIVITY_FORMAT,
             "alphas": self.alphas,
-            "variants": {c.variant: {**{m: getattr(c, m) for m in METRICS}, "barriers": c.barriers()}
+            "variants": {c.variant: {**{m: getattr(c, m) for m in METRICS}, "barriers": c.barriers(),
+                                     "chord_barriers": c.chord_barriers(self.alphas),
+                                     "standard_errors": {m: [None if math.isnan(v) else v for v in values]
+                                                         for m, values in c.standard_errors.items()}}
                          for c in self.curves},
+            "uncertainty": "standard errors over the images: on these networks, not across seeds",
             "n_train": self.n_train,
             "n_test": self.n_test,
             "labels": list(self.labels),
@@ -173,16 +198,19 @@ def linear_connectivity(model_a: nn.Module, model_b: nn.Module, train_images: Te
         state_b = target.state_dict()
         for mode in bn_modes:
             values: dict[str, list[float]] = {metric: [] for metric in METRICS}
+            errors: dict[str, list[float]] = {metric: [] for metric in METRICS}
             for alpha in alphas:
                 walker.load_state_dict(interpolate_state(state_a, state_b, alpha))
                 if mode == "recompute":
                     recompute_batch_norm(walker, train_images, batch_size=batch_size, device=device)
                 for split, images, split_labels in (("train", train_images, train_labels),
                                                     ("test", test_images, test_labels)):
-                    loss, error = evaluate(walker, images, split_labels, batch_size=batch_size, device=device)
-                    values[f"{split}_loss"].append(loss)
-                    values[f"{split}_error"].append(error)
-            curves.append(PathCurve(mode + suffix, **values))
+                    loss, error, loss_se, error_se = evaluate(walker, images, split_labels, batch_size=batch_size,
+                                                              device=device)
+                    for metric, value, se in (("loss", loss, loss_se), ("error", error, error_se)):
+                        values[f"{split}_{metric}"].append(value)
+                        errors[f"{split}_{metric}"].append(se)
+            curves.append(PathCurve(mode + suffix, **values, standard_errors=errors))
     settings = {"points": points, "bn_modes": list(bn_modes), "align": align, "batch_size": batch_size, "seed": seed}
     return Connectivity(alphas, curves, len(train_labels), len(test_labels), labels, settings)
 
@@ -197,8 +225,15 @@ def write_connectivity(result: Connectivity, out_dir: str | Path) -> list[Path]:
 
 def read_connectivity(path: str | Path) -> Connectivity:
     """A ``connectivity.json`` (or the folder holding one) back as a :class:`Connectivity`."""
+    file = Path(path) / CONNECTIVITY_JSON if Path(path).is_dir() else Path(path)
+    if file.is_file() and isinstance(older := read_json(file), dict) and older.get("format") in OLDER_FORMATS:
+        raise MinimascopeError(f"{path} was written by an older minimascope ({older['format']}, without the chord "
+                               f"barrier and standard errors); re-run `minimascope connectivity` (or the study)")
     record = read_result_json(path, CONNECTIVITY_FORMAT, CONNECTIVITY_JSON, "connectivity result")
-    curves = [PathCurve(variant, **{m: values[m] for m in METRICS}) for variant, values in record["variants"].items()]
+    curves = [PathCurve(variant, **{m: values[m] for m in METRICS},
+                        standard_errors={m: [math.nan if v is None else v for v in values["standard_errors"][m]]
+                                         for m in values["standard_errors"]})
+              for variant, values in record["variants"].items()]
     return Connectivity(record["alphas"], curves, record["n_train"], record["n_test"], tuple(record["labels"]),
                         record["settings"])
 

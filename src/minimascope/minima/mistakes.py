@@ -18,6 +18,11 @@ Two numbers say how far the observed overlap a is from that:
   share their hard images, so ``more`` is the question to ask; ``less`` is there for the rare
   opposite. The test treats images as exchangeable, so it says whether errors are associated,
   not why (shared hard images, or one network's errors caused by the same feature).
+
+Whether the two networks differ in accuracy on these images is McNemar's exact test
+(:func:`minimascope.stats.mcnemar_exact`): two-sided binomial on the discordant counts b (only A wrong)
+and c (only B wrong), stored with its smallest attainable p, 2/2^(b+c). Its uncertainty is over test
+images "on these networks", not across seeds: two other seeds' networks may differ otherwise.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ from matplotlib.figure import Figure
 
 from minimascope.data import CLASSES
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_result_json
+from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_result_json
+from minimascope.stats import McNemarTest, mcnemar_exact
 
-MISTAKES_FORMAT = "minimascope-mistakes-v1"
+MISTAKES_FORMAT = "minimascope-mistakes-v2"
+OLDER_FORMATS = ("minimascope-mistakes-v1",)  # without McNemar's test
 MISTAKES_JSON = "mistakes.json"
 MISTAKES_CSV = "mistakes.csv"
 ONLY_A_PNG = "only_a.png"
@@ -98,6 +105,11 @@ class MistakeComparison:
     only_b: tuple[Mistake, ...]
 
     @property
+    def mcnemar(self) -> McNemarTest:
+        """McNemar's exact test of the accuracies on these images (uncertainty "on these networks")."""
+        return mcnemar_exact(self.only_a_wrong, self.only_b_wrong)
+
+    @property
     def errors_a(self) -> int:
         return self.both_wrong + self.only_a_wrong
 
@@ -124,6 +136,9 @@ class MistakeComparison:
             "kappa": None if math.isnan(self.kappa) else self.kappa,
             "p_value_more_overlap": self.p_value_more_overlap,
             "p_value_less_overlap": self.p_value_less_overlap,
+            "mcnemar": {"p_value": self.mcnemar.p_value, "smallest_attainable_p": self.mcnemar.smallest_attainable_p,
+                        "test": "McNemar's exact test (two-sided binomial on only_a_wrong vs only_b_wrong)",
+                        "uncertainty": "on these networks (over test images), not across seeds"},
             "significance": "Fisher's exact test (hypergeometric overlap given both error counts); "
                             "kappa = Cohen's kappa of the two error indicators",
             "per_class": [{"class": c.class_name, "n": c.n, "errors_a": c.errors_a, "errors_b": c.errors_b,
@@ -300,7 +315,7 @@ def _csv_text(comparison: MistakeComparison) -> str:
 def write_mistakes(comparison: MistakeComparison, out_dir: str | Path,
                    images: np.ndarray | torch.Tensor | None = None, *, limit: int = GRID_LIMIT,
                    seed: int = 0) -> list[Path]:
-    """``mistakes.json`` (format ``minimascope-mistakes-v1``: table, rates, significance, per class,
+    """``mistakes.json`` (format ``minimascope-mistakes-v2``: table, rates, significance, McNemar's test, per class,
     every image only one network gets wrong), ``mistakes.csv`` (per class) and, when the test
     ``images`` (uint8 (N, 3, H, W), the ones predicted) are given, ``only_a.png`` and ``only_b.png``;
     returns the paths written."""
@@ -321,6 +336,10 @@ def write_mistakes(comparison: MistakeComparison, out_dir: str | Path,
 
 def read_mistakes(path: str | Path) -> MistakeComparison:
     """Read ``mistakes.json`` (a file, or the folder holding it) back into :class:`MistakeComparison`."""
+    file = Path(path) / MISTAKES_JSON if Path(path).is_dir() else Path(path)
+    if file.is_file() and isinstance(older := read_json(file), dict) and older.get("format") in OLDER_FORMATS:
+        raise MinimascopeError(f"{path} was written by an older minimascope ({older['format']}, without McNemar's "
+                               f"test); re-run `minimascope mistakes` (or the study) to rewrite it")
     data = read_result_json(path, MISTAKES_FORMAT, MISTAKES_JSON)
     try:
         counts = data["counts"]

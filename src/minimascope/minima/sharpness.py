@@ -18,7 +18,16 @@ Everything is matrix-free, through Hessian-vector products by double backward
 * :func:`eigenvalue_density` — stochastic Lanczos quadrature (:func:`minimascope.minima.lanczos.slq_density`),
   stored with its smoothed curve (:func:`density_curve`), which ``density.png`` and the report both draw.
 
-``sharpness.json`` (format ``minimascope-sharpness-v2``) holds all three; :func:`read_sharpness` reads it.
+Sharpness a rescaling cannot fake: a conv whose output feeds batch norm can be scaled by c > 0 without
+changing the function, and its Hessian block scales by 1/c², so raw λ1 and trace partly compare weight
+scales. Beside them, :func:`adaptive_sharpness` gives λ1 and the trace of D H D with D = diag|w| (the
+Hessian in |w|-scaled coordinates, as in Andriushchenko et al. 2023's adaptive sharpness and Kwon et al.
+2021): a block scaled by c gets D → cD and H → H/c², cross blocks H/c, so D H D is exactly unchanged. Its
+products are D·H·(D·v), one Hessian-vector product each. The loss and gradient norm at the evaluated
+weights are stored too: far from 0 they say the network is not at a minimum.
+
+``sharpness.json`` (format ``minimascope-sharpness-v3``) holds all of it; :func:`read_sharpness` reads it
+(an older file is one error line asking for a re-run).
 """
 
 from __future__ import annotations
@@ -43,8 +52,8 @@ from minimascope.fast_layers import fast_forward
 from minimascope.io import atomic_write_bytes, atomic_write_json, read_json, read_result_json
 from minimascope.minima.lanczos import TopEigenvalues, lanczos_top_eigenvalues, slq_density, smooth_density
 
-SHARPNESS_FORMAT = "minimascope-sharpness-v2"
-OLDER_FORMATS = ("minimascope-sharpness-v1",)  # without the smoothed density curve
+SHARPNESS_FORMAT = "minimascope-sharpness-v3"
+OLDER_FORMATS = ("minimascope-sharpness-v1", "minimascope-sharpness-v2")  # without the |w|-scaled sharpness
 SHARPNESS_JSON = "sharpness.json"
 DENSITY_PNG = "density.png"
 DEFAULT_BATCH_SIZE = 1000  # 1,000 CIFAR images are one batch: its graph is built once and reused by every product
@@ -122,6 +131,35 @@ class LossHessian:
             products = hessian_vector_product(self._gradients(start, stop), self.params, vectors)
             total.add_(_flat(products), alpha=(stop - start) / n)
         return total
+
+
+    def loss_and_gradient_norm(self) -> tuple[float, float]:
+        """The mean cross-entropy over the images and the norm of its gradient, at the current weights."""
+        n = self.batches[-1][1]
+        loss, gradient = 0.0, torch.zeros(self.dim, dtype=torch.float64, device=self.device)
+        for start, stop in self.batches:
+            x = self.images[start:stop].to(self.device, self.dtype)
+            with torch.enable_grad(), _eval_mode(self.model):
+                batch_loss = F.cross_entropy(self.model(x), self.labels[start:stop].to(self.device))
+                grads = torch.autograd.grad(batch_loss, self.params)
+            loss += batch_loss.item() * (stop - start) / n
+            gradient.add_(_flat(list(grads)).double(), alpha=(stop - start) / n)
+        return loss, gradient.norm().item()
+
+
+class ScaledHessian:
+    """v -> D H D v with D = diag|w| (flat, ``model.parameters()`` order): the Hessian in |w|-scaled
+    coordinates, unchanged when a conv feeding batch norm is rescaled (see module doc)."""
+
+    def __init__(self, hessian: LossHessian) -> None:
+        self.hessian = hessian
+        self.scale = _flat([p.detach().abs() for p in hessian.params]).to(hessian.device, hessian.dtype)
+
+    def template(self) -> Tensor:
+        return self.hessian.template()
+
+    def __call__(self, vector: Tensor) -> Tensor:
+        return self.scale * self.hessian(self.scale * vector.reshape(-1))
 
 
 def _flat(tensors: list[Tensor]) -> Tensor:
@@ -212,7 +250,29 @@ def eigenvalue_density(model: nn.Module, images: Tensor, labels: Tensor, *, step
     return Density.of_quadrature(nodes, weights, steps, probes)
 
 
-# ----------------------------------------------------------------------------- all three, on disk
+@dataclass(frozen=True)
+class AdaptiveSharpness:
+    """λ1 (top-k) and trace of D H D, D = diag|w|: invariant to rescaling a conv that feeds batch norm."""
+
+    eigenvalues: TopEigenvalues
+    trace: TraceEstimate
+
+
+def adaptive_sharpness(model: nn.Module, images: Tensor, labels: Tensor, k: int = 3, *, tol: float = 1e-3,
+                       max_iter: int = 100, rel_error: float = 1e-2, min_probes: int = 10, max_probes: int = 1000,
+                       seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                       device: str | torch.device | None = None) -> AdaptiveSharpness:
+    """Top-k eigenvalues (Lanczos) and trace (Hutchinson) of the |w|-scaled Hessian D H D (see module doc),
+    with the same starts and stopping rules as :func:`top_eigenvalues` and :func:`hessian_trace`."""
+    scaled = ScaledHessian(_operator(model, images, labels, batch_size, device))
+    start = rademacher_like(scaled.template(), _probe_generator(seed))
+    eigenvalues = lanczos_top_eigenvalues(scaled, start, k, tol=tol, max_iter=max_iter)
+    trace = hutchinson_trace(scaled, scaled.template(), rel_error=rel_error, min_probes=min_probes,
+                             max_probes=max_probes, generator=_probe_generator(seed))
+    return AdaptiveSharpness(eigenvalues, trace)
+
+
+# ----------------------------------------------------------------------------- all of it, on disk
 
 
 @dataclass(frozen=True)
@@ -224,6 +284,9 @@ class Sharpness:
     parameters: int
     seed: int
     settings: dict[str, Any]
+    adaptive: AdaptiveSharpness | None = None  # None when not computed (``adaptive=False``)
+    loss: float | None = None  # mean cross-entropy on the images at the evaluated weights (eval mode)
+    gradient_norm: float | None = None  # ‖∇ loss‖ there: far from 0, the weights are not at a minimum
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -242,25 +305,40 @@ class Sharpness:
             "parameters": self.parameters,
             "seed": self.seed,
             "settings": self.settings,
+            "adaptive": None if self.adaptive is None else {
+                "definition": "D H D with D = diag|w|: invariant to rescaling a conv that feeds batch norm",
+                "eigenvalues": self.adaptive.eigenvalues.values,
+                "eigenvalue_iterations": self.adaptive.eigenvalues.iterations,
+                "eigenvalues_converged": self.adaptive.eigenvalues.converged,
+                "trace": self.adaptive.trace.value, "trace_stderr": self.adaptive.trace.stderr,
+                "probes": self.adaptive.trace.probes, "trace_converged": self.adaptive.trace.converged},
+            "loss": self.loss,
+            "gradient_norm": self.gradient_norm,
         }
 
 
 def sharpness(model: nn.Module, images: Tensor, labels: Tensor, out_dir: str | Path | None = None, *, k: int = 3,
               tol: float = 1e-3, max_iter: int = 100, rel_error: float = 1e-2, min_probes: int = 10,
               max_probes: int = 1000, density_steps: int = 64, density_probes: int = 1, seed: int = 0,
-              batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None) -> Sharpness:
-    """Top-k eigenvalues, trace and eigenvalue density of the loss Hessian (see module doc); with
-    ``out_dir``, written there as ``sharpness.json`` and ``density.png``."""
+              batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None,
+              adaptive: bool = True) -> Sharpness:
+    """Top-k eigenvalues, trace and eigenvalue density of the loss Hessian, with ``adaptive`` their |w|-scaled
+    λ1 and trace, and the loss and gradient norm (see module doc); with ``out_dir``, written there as
+    ``sharpness.json`` and ``density.png``."""
     settings = {"k": k, "tol": tol, "max_iter": max_iter, "rel_error": rel_error, "min_probes": min_probes,
                 "max_probes": max_probes, "density_steps": density_steps, "density_probes": density_probes,
-                "batch_size": batch_size}
+                "batch_size": batch_size, "adaptive": adaptive}
     common: dict[str, Any] = {"seed": seed, "batch_size": batch_size, "device": device}
     eigenvalues = top_eigenvalues(model, images, labels, k, tol=tol, max_iter=max_iter, **common)
     trace = hessian_trace(model, images, labels, rel_error=rel_error, min_probes=min_probes,
                           max_probes=max_probes, **common)
     density = eigenvalue_density(model, images, labels, steps=density_steps, probes=density_probes, **common)
+    scaled = adaptive_sharpness(model, images, labels, k, tol=tol, max_iter=max_iter, rel_error=rel_error,
+                                min_probes=min_probes, max_probes=max_probes, **common) if adaptive else None
+    loss, gradient_norm = _operator(model, images, labels, batch_size, device).loss_and_gradient_norm()
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result = Sharpness(eigenvalues, trace, density, len(labels), parameters, seed, settings)
+    result = Sharpness(eigenvalues, trace, density, len(labels), parameters, seed, settings, scaled, loss,
+                       gradient_norm)
     if out_dir is not None:
         write_sharpness(result, out_dir)
     return result
@@ -291,10 +369,10 @@ def read_sharpness(path: str | Path) -> Sharpness:
         older = _older_format(path)
         if older is None:
             raise
-        raise MinimascopeError(f"{path} was written by an older minimascope ({older}, without the smoothed "
-                               f"density); re-run `minimascope sharpness` (or the study) to rewrite it") from None
+        raise MinimascopeError(f"{path} was written by an older minimascope ({older}, without the |w|-scaled "
+                               f"sharpness); re-run `minimascope sharpness` (or the study) to rewrite it") from None
     try:
-        density = record["density"]
+        density, scaled = record["density"], record["adaptive"]
         return Sharpness(
             eigenvalues=TopEigenvalues(record["eigenvalues"], record["eigenvalue_iterations"],
                                        record["eigenvalues_converged"]),
@@ -305,6 +383,11 @@ def read_sharpness(path: str | Path) -> Sharpness:
             parameters=record["parameters"],
             seed=record["seed"],
             settings=record["settings"],
+            adaptive=None if scaled is None else AdaptiveSharpness(
+                TopEigenvalues(scaled["eigenvalues"], scaled["eigenvalue_iterations"], scaled["eigenvalues_converged"]),
+                TraceEstimate(scaled["trace"], scaled["trace_stderr"], scaled["probes"], scaled["trace_converged"])),
+            loss=record["loss"],
+            gradient_norm=record["gradient_norm"],
         )
     except (KeyError, TypeError) as exc:
         raise MinimascopeError(f"{path}: malformed {SHARPNESS_FORMAT} file ({type(exc).__name__}: {exc})") from None
@@ -331,7 +414,7 @@ def density_figure(density: Density, path: str | Path, *, title: str) -> None:
 def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 1000, data_source: str | None = None,
                      device: str = "auto", seed: int = 0, k: int = 3, tol: float = 1e-3, max_iter: int = 100,
                      rel_error: float = 1e-2, max_probes: int = 1000, density_steps: int = 64,
-                     batch_size: int = DEFAULT_BATCH_SIZE) -> Sharpness:
+                     batch_size: int = DEFAULT_BATCH_SIZE, adaptive: bool = True) -> Sharpness:
     """:func:`sharpness` of a run's final network (run directory or weights file) on a class-balanced
     subset of ``images`` CIFAR-10 TRAINING images (drawn with ``seed``; the training loss is the one the
     optimizer minimised), normalised as the run was trained; written to ``out_dir`` with the images
@@ -348,7 +431,7 @@ def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 
     inputs, labels = balanced_inputs(payload, cifar.train_images, cifar.train_labels, images, seed)
     result = sharpness(model.to(torch_device), inputs, labels, k=k, tol=tol, max_iter=max_iter, rel_error=rel_error,
                        min_probes=min(10, max_probes), max_probes=max_probes, density_steps=density_steps, seed=seed,
-                       batch_size=batch_size, device=torch_device)
+                       batch_size=batch_size, device=torch_device, adaptive=adaptive)
     source = {"run": str(Path(run_dir).resolve()), "images": "train", "n_images": len(labels),
               "subset": f"class-balanced, seed {seed}" if len(labels) < len(cifar.train_labels) else "all",
               "data": data_key, "mode": "eval (batch norm with running statistics)"}
