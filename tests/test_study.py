@@ -25,9 +25,10 @@ from minimascope.cli import app
 from minimascope.errors import MinimascopeError
 from minimascope.study import exit_status, run_study
 from minimascope.study.graph import Node, topological_order
-from minimascope.study.spec import load_study, preset_path
-from minimascope.study.state import SUMMARY_COLUMNS, remaining_seconds
-from minimascope.study.tasks import result
+from minimascope.study.kinds import kind
+from minimascope.study.records import SUMMARY_COLUMNS, result
+from minimascope.study.spec import load_spec, preset_path
+from minimascope.study.state import remaining_seconds
 from minimascope.train import run_key
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -77,6 +78,7 @@ def assert_same_results(study_a: Path, study_b: Path, node_ids: list[str] | None
             assert result_a == result_b, node_id
 
 
+@pytest.mark.slow
 def test_tiny_study_writes_the_study_directory(tiny_study: Path, cifar_source: str) -> None:
     record = json.loads((tiny_study / "study.json").read_text())
     assert record["format"] == "minimascope-study-v1" and record["name"] == "tiny"
@@ -111,14 +113,14 @@ def test_tiny_study_writes_the_study_directory(tiny_study: Path, cifar_source: s
     assert float(by_arm["sgd"]["test_accuracy"]) == nodes["run:sgd:seed0"]["final"]["test_accuracy"]
     assert float(by_arm["adahessian"]["epoch_time_mean_s"]) > 0 and float(by_arm["sgd"]["step_time_mean_s"]) > 0
     # study.yaml is the resolved study: a study file giving the same nodes
-    assert load_study(tiny_study / "study.yaml").resolved() == load_study("tiny").resolved()
+    assert load_spec(tiny_study / "study.yaml").resolved() == load_spec("tiny").resolved()
 
 
+@pytest.mark.slow
 def test_node_keys_are_what_train_computes(tiny_study: Path) -> None:
     """Keys computed from the study file alone equal train.run_key of the configs as run (whose
     init_from is the upstream run's directory, read for its key)."""
     from minimascope.config import TrainConfig
-    from minimascope.study.tasks import kind
 
     for node in nodes_of(tiny_study).values():
         if node["kind"] == "run":
@@ -128,6 +130,7 @@ def test_node_keys_are_what_train_computes(tiny_study: Path) -> None:
     assert kind("compare").key(settings, ["k1", "k2"]) != kind("compare").key(settings, ["k1", "k3"])
 
 
+@pytest.mark.slow
 def test_a_second_invocation_recomputes_nothing(tiny_study: Path, cifar_source: str, imagenet_file: str) -> None:
     before = {k: v for k, v in file_stamps(tiny_study).items() if k.startswith(("runs/", "comparisons/"))}
     outcome = run_study("tiny", tiny_study, data=cifar_source, weights=imagenet_file)
@@ -136,12 +139,14 @@ def test_a_second_invocation_recomputes_nothing(tiny_study: Path, cifar_source: 
     assert after == before
 
 
+@pytest.mark.slow
 def test_status_prints_every_node(tiny_study: Path) -> None:
     result_ = CliRunner().invoke(app, ["status", str(tiny_study)], env={"COLUMNS": "200"})
     assert result_.exit_code == 0, result_.output
     assert "run:adahessian-then-sgd:seed0" in result_.output and f"{TINY_NODES} completed" in result_.output
 
 
+@pytest.mark.slow
 def test_a_changed_arm_is_refused(tiny_study: Path, cifar_source: str, imagenet_file: str, tmp_path: Path) -> None:
     values = yaml.safe_load(preset_path("tiny").read_text())
     values["arms"]["sgd"]["lr"] = 0.02
@@ -156,16 +161,18 @@ def test_a_changed_arm_is_refused(tiny_study: Path, cifar_source: str, imagenet_
     assert file_stamps(tiny_study) == before  # nothing overwritten, not even study.json
 
 
-def small_study(path: Path, arms: dict, pairs: list, analyses: dict | None = None, **defaults) -> Path:
-    values = {"defaults": {"epochs": 2, "train_subset": 100, "test_subset": 50, "eval_batch_size": 50, **defaults},
-              "seeds": [0], "arms": arms, "compare": {"measures": ["cka"], "samples": 50, "pairs": pairs,
-                                                      "within": False}}
+def small_study(path: Path, arms: dict, pairs: list | str, analyses: dict | None = None,
+                seeds: tuple[int, ...] = (0,), within: bool | list[str] = False) -> Path:
+    values = {"defaults": {"epochs": 2, "train_subset": 100, "test_subset": 50, "eval_batch_size": 50},
+              "seeds": list(seeds), "arms": arms, "compare": {"measures": ["cka"], "samples": 50, "pairs": pairs,
+                                                        "within": within}}
     if analyses:
         values["analyses"] = analyses
     path.write_text(yaml.safe_dump(values, sort_keys=False))  # arms run in the file's order
     return path
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_to_the_same_results(cifar_source: str, cache: str, tmp_path: Path) -> None:
     """A small study (a run, a run it is killed in, a run started from that one, their comparison and
     analyses) killed with SIGKILL and run again equals the same study run straight through."""
@@ -201,6 +208,7 @@ def test_killed_study_resumes_to_the_same_results(cifar_source: str, cache: str,
     assert_same_results(tmp_path / "straight", study_dir)
 
 
+@pytest.mark.slow
 def test_ray_study_gives_the_local_results(tiny_study: Path, cifar_source: str, imagenet_file: str,
                                           tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
@@ -214,6 +222,7 @@ def test_ray_study_gives_the_local_results(tiny_study: Path, cifar_source: str, 
     assert_same_results(tiny_study, tmp_path / "ray")
 
 
+@pytest.mark.slow
 def test_a_diverged_arm_skips_its_dependants_only(cifar_source: str, tmp_path: Path) -> None:
     file = small_study(tmp_path / "diverge.yaml", {
         "exploding": {"optimizer": "sgd", "lr": 1e38},  # the first step leaves weights whose loss is not finite
@@ -233,6 +242,7 @@ def test_a_diverged_arm_skips_its_dependants_only(cifar_source: str, tmp_path: P
     assert rows["exploding"]["status"] == "diverged" and rows["exploding"]["test_accuracy"] == ""
 
 
+@pytest.mark.slow
 def test_missing_imagenet_weights_skip_the_pretrained_arms_only(cifar_source: str, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MINIMASCOPE_IMAGENET_WEIGHTS", raising=False)
@@ -289,7 +299,7 @@ def test_unknown_preset_is_one_line(tmp_path: Path) -> None:
 
 
 def test_presets_are_valid_and_share_the_paper_arms() -> None:
-    paper, quick, tiny = (load_study(name) for name in ("paper", "quick", "tiny"))
+    paper, quick, tiny = (load_spec(name) for name in ("paper", "quick", "tiny"))
     assert list(paper.arms) == list(quick.arms) == list(tiny.arms) == TINY_ARMS
     assert paper.seeds == (0, 1, 2) and len(quick.seeds) == 2 and tiny.seeds == (0,)
     for name, arm in paper.arms.items():  # hyperparameters from config.PAPER_DEFAULTS, not repeated
@@ -326,16 +336,114 @@ def test_exit_status_says_whether_everything_completed() -> None:
 
 
 def test_a_study_directory_is_read_back_or_refused(tmp_path: Path) -> None:
-    from minimascope.study import read_study
+    from minimascope.study import read_study_record
 
     with pytest.raises(MinimascopeError, match="not a study directory"):
-        read_study(tmp_path)
+        read_study_record(tmp_path)
     shutil.copy(preset_path("tiny"), tmp_path / "study.json")
     with pytest.raises(MinimascopeError, match="broken study.json"):
-        read_study(tmp_path)
+        read_study_record(tmp_path)
 
 
 def test_unknown_executor_is_one_line(tmp_path: Path) -> None:
     result_ = CliRunner().invoke(app, ["study", "tiny", "--executor", "slurm", "--out", str(tmp_path / "out")])
     assert_one_line_error(result_, "unknown executor 'slurm'; choose local or ray")
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_ray_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from minimascope.study.executors import load_executor
+
+    monkeypatch.delitem(sys.modules, "minimascope.study.executors.ray", raising=False)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(MinimascopeError, match=r"^--executor ray needs Ray: pip install 'minimascope\[ray\]'$"):
+        load_executor("ray")
+
+
+def keyed_study(tmp_path: Path, seeds: tuple[int, ...]) -> dict[str, Node]:
+    """The nodes of a fixed four-arm study on torchvision's CIFAR-10 (a data key that needs no file)."""
+    from minimascope.study.plan import study_nodes
+
+    file = small_study(tmp_path / "keyed.yaml", {
+        "sgd": {"optimizer": "sgd"}, "adahessian": {"optimizer": "adahessian"},
+        "then": {"optimizer": "sgd", "init_from": "adahessian"},
+        "scaled": {"optimizer": "sgd", "std_multiplier": [1.0e-4, 1, 1000]}}, "all", analyses={
+        "sharpness": {"images": 16, "arms": ["sgd"]}, "weights": True, "connectivity": {"points": 3},
+        "mistakes": True, "across_seeds": ["sgd", "adahessian"]}, seeds=seeds, within=["sgd"])
+    return {node.id: node for node in study_nodes(load_spec(file), "torchvision", None, None)}
+
+
+def test_node_keys_stay_what_earlier_versions_computed(tmp_path: Path) -> None:
+    """A study run by an earlier minimascope resumes without recomputing: its keys are pinned."""
+    nodes = keyed_study(tmp_path, (0, 1))
+    assert {i: nodes[i].key for i in ("run:sgd:seed0", "run:then:seed1", "compare:sgd:adahessian:seed0",
+                                      "compare:sgd:sgd:seed0-seed1", "sharpness:sgd:seed0",
+                                      "connectivity:sgd:adahessian:seed0")} == {
+        "run:sgd:seed0": "4e0039a4452dc1a7", "run:then:seed1": "aa2862f261ee3e0d",
+        "compare:sgd:adahessian:seed0": "b2e2c673a3c6ee9c", "compare:sgd:sgd:seed0-seed1": "2600cb86b5d1ab6b",
+        "sharpness:sgd:seed0": "9911f8027c6a045e", "connectivity:sgd:adahessian:seed0": "3ddbe7de996f7152"}
+    assert "connectivity:sgd:scaled:seed0" not in nodes and "mistakes:sgd:scaled:seed0" in nodes  # same_inputs
+
+
+def test_an_analysis_of_a_pair_of_arms_is_planned_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PER_ARM_PAIR row (here a fake one): one node per compared pair of different arms holding an
+    arm compared across seeds, given every seed's comparisons, runs and sharpness; run with absolute paths."""
+    import types
+
+    from minimascope import analyses
+    from minimascope.study import kinds
+
+    def fake_of_pair(inputs: dict, out_dir: Path) -> None:
+        io.atomic_write_json(out_dir / "fake.json", {"paths": [str(r["path"]) for r in inputs["runs"]]})
+
+    monkeypatch.setitem(sys.modules, "fake_arm_pair", types.SimpleNamespace(fake_of_pair=fake_of_pair))
+    monkeypatch.setitem(analyses.ANALYSES, "fake", analyses.AnalysisInfo(
+        "fake", analyses.PER_ARM_PAIR, "fake_arm_pair", "fake_of_pair", "read", "fake.json", ()))
+    monkeypatch.setitem(kinds.KINDS, "fake", kinds.AnalysisKind("fake"))
+    assert not [i for i in keyed_study(tmp_path, (0,)) if i.startswith("fake:")]  # one seed: no spread to test
+    nodes = keyed_study(tmp_path, (0, 1))
+    assert sorted(i for i in nodes if i.startswith("fake:")) == [
+        "fake:adahessian:scaled", "fake:adahessian:then", "fake:sgd:adahessian", "fake:sgd:scaled", "fake:sgd:then"]
+    node = nodes["fake:sgd:adahessian"]
+    inputs, arms = node.params["inputs"], ["sgd", "adahessian"]
+    assert (node.path, node.labels, inputs["arms"]) == ("analyses/fake/sgd_vs_adahessian", {"arms": arms}, arms)
+    assert inputs["across"] == [{"seed": s, "path": f"comparisons/sgd_vs_adahessian/seed{s}"} for s in (0, 1)]
+    assert inputs["within"] == [{"arm": a, "seeds": [0, 1], "path": f"comparisons/{a}_vs_{a}/seed0-seed1"}
+                                for a in arms]
+    assert inputs["runs"] == [{"arm": a, "seed": s, "path": f"runs/{a}/seed{s}"} for a in arms for s in (0, 1)]
+    assert inputs["sharpness"] == [{"arm": "sgd", "seed": s, "path": f"analyses/sharpness/sgd/seed{s}"} for s in (0, 1)]
+    assert node.depends_on == ("compare:sgd:adahessian:seed0", "compare:sgd:adahessian:seed1",
+                               "compare:sgd:sgd:seed0-seed1", "compare:adahessian:adahessian:seed0-seed1",
+                               *(f"run:{a}:seed{s}" for a in arms for s in (0, 1)), "sharpness:sgd:seed0",
+                               "sharpness:sgd:seed1")
+    assert node.params["options"] == {} and node.key and nodes["fake:sgd:then"].key != node.key
+    assert kind("fake").run(node, tmp_path, lambda *event: None)["status"] == "completed"
+    out = tmp_path / node.path
+    assert json.loads((out / "fake.json").read_text())["paths"][0] == str(tmp_path / "runs/sgd/seed0")
+    assert kind("fake").stored(out) == {**result("completed"), "key": node.key}
+
+
+def test_the_package_imports_one_way() -> None:
+    """No import cycle in the package: every ``import minimascope...`` and ``from minimascope... import``,
+    at module or function level, is an edge (``from minimascope import X`` with X no module: the ``__init__``)."""
+    import ast
+
+    paths = {".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (SRC / "minimascope").rglob("*.py")}
+    edges: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        edges[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                assert not getattr(node, "level", 0), f"{path}: a relative import"
+                module = getattr(node, "module", None)
+                for target in (f"{module}.{a.name}" if module else a.name for a in node.names):
+                    while target and target not in paths:  # a name in a module, or a module outside the package
+                        target = target.rpartition(".")[0]
+                    edges[name] |= {target} - {"", name}
+    assert {"minimascope.study.kinds", "minimascope.analyses"} <= edges["minimascope.study.plan"]
+    assert edges["minimascope.study.graph"] == {"minimascope.errors"}
+    try:
+        topological_order({name: sorted(imported) for name, imported in edges.items()})
+    except MinimascopeError as exc:
+        pytest.fail(f"import {exc}")

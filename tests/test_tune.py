@@ -13,13 +13,14 @@ from typer.testing import CliRunner
 from helpers import assert_one_line_error
 from minimascope import data, runs
 from minimascope.cli import app
-from minimascope.study.spec import load_study
+from minimascope.study.spec import load_spec
 from minimascope.tune import load_tune, rank_settings
 
 GRID = {"defaults": {"epochs": 1, "train_subset": 120, "test_subset": 20, "eval_batch_size": 50},
         "folds": 3, "seed": 4, "grid": {"optimizer": "sgd", "lr": [0.01, 0.1]}}
 
 
+@pytest.mark.slow
 def test_tune_on_a_tiny_grid(cifar_source: str, tmp_path: Path) -> None:
     file = tmp_path / "grid.yaml"
     file.write_text(yaml.safe_dump(GRID, sort_keys=False))
@@ -58,7 +59,7 @@ def test_tune_on_a_tiny_grid(cifar_source: str, tmp_path: Path) -> None:
     assert best == {"optimizer": "sgd", "lr": float(summary[0]["lr"])}
     study = tmp_path / "study.yaml"  # best.yaml is a study file's defaults
     study.write_text(f"defaults: {out / 'best.yaml'}\narms: {{plain: {{}}}}\n")
-    assert load_study(study).arms["plain"].options == best
+    assert load_spec(study).arms["plain"].options == best
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
     again = CliRunner().invoke(app, ["tune", str(file), "--out", str(out), "--data", cifar_source])
     assert again.exit_code == 0, again.output  # a second invocation trains nothing
@@ -82,7 +83,7 @@ def test_ranking_puts_unfinished_settings_last() -> None:
     assert ranked[1]["val_accuracy_std"] == pytest.approx(0.1414213562373095)
 
 
-def test_the_tune_preset_repeats_the_seeds_learning_rate_choice() -> None:
+def test_the_tune_preset_repeats_the_papers_learning_rate_choice() -> None:
     spec = load_tune("tune")
     assert spec.folds == 5
     lrs = {(s["optimizer"], s["lr"]) for s in spec.settings}

@@ -27,9 +27,11 @@ from typing import Any
 from minimascope import io
 from minimascope.errors import MinimascopeError
 from minimascope.study import StudyOutcome, resolve_data, run_nodes
-from minimascope.study.graph import Node, assign_keys
-from minimascope.study.spec import _options, checked_config, resolve_source
-from minimascope.study.state import StudyProgress, write_csv
+from minimascope.study.graph import Node
+from minimascope.study.plan import assign_keys
+from minimascope.study.records import write_csv
+from minimascope.study.spec import checked_config, resolve_source, train_options
+from minimascope.study.state import StudyProgress
 
 TUNE_KEYS = ("defaults", "grid", "folds", "seed")
 TUNE_PRESETS = ("tune",)
@@ -68,7 +70,7 @@ def _grid(raw: Any, where: str) -> list[dict[str, Any]]:
         choices = [v if isinstance(v, list) else [v] for v in group.values()]
         if not all(choices):
             raise MinimascopeError(f"{where}: an option has an empty list of values")
-        settings += [_options(dict(zip(keys, values)), where) for values in itertools.product(*choices)]
+        settings += [train_options(dict(zip(keys, values)), where) for values in itertools.product(*choices)]
     return settings
 
 
@@ -86,7 +88,7 @@ def load_tune(text: str | Path, folds: int | None = None) -> TuneSpec:
     raw_defaults = values.get("defaults") or {}
     if isinstance(raw_defaults, dict) and any(str(k).replace("-", "_") in NOT_IN_GRID for k in raw_defaults):
         raise MinimascopeError(f"{file}: defaults: {', '.join(NOT_IN_GRID)} are set by the tune itself")
-    defaults = _options(raw_defaults, f"{file}: defaults")
+    defaults = train_options(raw_defaults, f"{file}: defaults")
     k = folds if folds is not None else values.get("folds", 5)
     seed = values.get("seed", 0)
     for key, value, low in (("folds", k, 2), ("seed", seed, 0)):

@@ -118,9 +118,9 @@ def study_command(
     Exit status: 1 a node failed, 3 a run diverged (none failed), else 0; skipped nodes are listed.
     """
     from minimascope.study import run_study
-    from minimascope.study.spec import load_study
+    from minimascope.study.spec import load_spec
 
-    name = load_study(study).name
+    name = load_spec(study).name
     study_dir = out or Path("studies") / name
     progress = RichStudyProgress()
     outcome = run_study(study, study_dir, data=data, weights=str(weights) if weights else None,
@@ -137,9 +137,9 @@ def study_command(
 @one_line_errors
 def status_command(study_dir: Path = typer.Argument(..., help="a study (or tune) directory")) -> None:
     """Every node of a study with its status, time and final metrics."""
-    from minimascope.study.state import read_study
+    from minimascope.study.records import read_study_record
 
-    record = read_study(study_dir)
+    record = read_study_record(study_dir)
     table = Table(title=f"{record.get('name')} ({record.get('source')}), updated {record.get('updated')}")
     for column in ("node", "status", "epoch", "time", "test acc", "test loss", "reason"):
         table.add_column(column, overflow="fold")

@@ -1,9 +1,10 @@
-"""The study: every arm of a study file over its seeds, and their comparisons, as one resumable graph.
+"""The study: every arm of a study file over its seeds, their comparisons and analyses, as one
+resumable graph.
 
-:func:`run_study` reads the study file (:mod:`.spec`), builds its nodes and their keys
-(:mod:`.graph`), refuses a study directory that holds other results under the same names, and
-hands the nodes that are not finished to an executor (:mod:`.executors`). See STUDY_FORMAT in the
-README for the directory it writes.
+:func:`run_study` reads the study file (:mod:`.spec`), plans its nodes and their keys
+(:mod:`.plan`), refuses a study directory that holds other results under the same names, and
+hands the nodes that are not finished to an executor (:mod:`.executors`). The modules depend one
+way: graph ← records ← spec ← kinds ← plan ← state ← executors ← this one.
 """
 
 from __future__ import annotations
@@ -16,22 +17,24 @@ from typing import Any
 
 from minimascope import io
 from minimascope.errors import MinimascopeError
-from minimascope.study.graph import Node, study_nodes
-from minimascope.study.spec import StudySpec, load_study
-from minimascope.study.state import (
+from minimascope.study.executors import check_executor, load_executor
+from minimascope.study.graph import Node, run_node_id
+from minimascope.study.kinds import kind
+from minimascope.study.plan import study_nodes
+from minimascope.study.records import (
+    STUDY_YAML,
     SUMMARY_COLUMNS,
     SUMMARY_CSV,
-    StudyProgress,
-    StudyState,
-    read_study,
+    read_study_record,
     summary_rows,
     write_csv,
 )
+from minimascope.study.spec import StudySpec, load_spec
+from minimascope.study.state import StudyProgress, StudyState
 
 WEIGHTS_ENV = "MINIMASCOPE_IMAGENET_WEIGHTS"
-STUDY_YAML = "study.yaml"
 
-__all__ = ["StudyOutcome", "run_study", "run_nodes", "read_study", "load_study", "imagenet_weights",
+__all__ = ["StudyOutcome", "run_study", "run_nodes", "read_study_record", "load_spec", "imagenet_weights",
            "exit_status"]
 
 
@@ -84,7 +87,6 @@ def imagenet_weights(given: str | Path | None, download: bool = True) -> tuple[s
 def _changed_nodes(study_dir: Path, nodes: Sequence[Node]) -> str | None:
     """The first node whose directory holds results under another key, said in one line."""
     from minimascope.config import NOT_HASHED, PATH_FIELDS
-    from minimascope.study.tasks import kind
 
     changed = []
     for node in nodes:
@@ -107,19 +109,12 @@ def _changed_nodes(study_dir: Path, nodes: Sequence[Node]) -> str | None:
             f"{node.key}{differs}{more}. Nothing was run: use another --out or restore the study file")
 
 
-def _check_executor(executor: str) -> None:
-    from minimascope.study.executors import EXECUTORS
-
-    if executor not in EXECUTORS:
-        raise MinimascopeError(f"unknown executor {executor!r}; choose {' or '.join(EXECUTORS)}")
-
-
 def run_nodes(nodes: list[Node], study_dir: str | Path, header: dict[str, Any], *, executor: str = "local",
               executor_options: dict[str, Any] | None = None, progress: StudyProgress | None = None) -> StudyOutcome:
     """Run ``nodes`` (keyed, in dependency order) into ``study_dir`` with an executor, keeping
     ``study.json`` current. Shared by the study and by ``tune``."""
     study_dir = Path(study_dir)
-    _check_executor(executor)
+    check_executor(executor)
     problem = _changed_nodes(study_dir, nodes)
     if problem:
         raise MinimascopeError(problem)
@@ -128,16 +123,7 @@ def run_nodes(nodes: list[Node], study_dir: str | Path, header: dict[str, Any], 
     if progress:
         progress.start(state)
     try:
-        if executor == "local":
-            from minimascope.study.executors import local
-
-            local.execute(state, study_dir)
-        else:
-            try:
-                from minimascope.study.executors import ray as ray_executor
-            except ImportError:
-                raise MinimascopeError("--executor ray needs Ray: pip install 'minimascope[ray]'") from None
-            ray_executor.execute(state, study_dir, **(executor_options or {}))
+        load_executor(executor).execute(state, study_dir, **(executor_options or {}))
     finally:
         for node in state.running():  # interrupted: the next invocation resumes it
             state.records[node.id] = {**state.records[node.id], "status": "pending"}
@@ -174,8 +160,8 @@ def run_study(source: str | Path, study_dir: str | Path, *, data: str | None = N
 
     from minimascope.env import environment, resolve_device
 
-    _check_executor(executor)
-    spec = load_study(source)
+    check_executor(executor)
+    spec = load_spec(source)
     first = next(iter(spec.arms.values())).options
     data = resolve_data(data, first.get("data"))
     weights_file, missing = None, None
@@ -187,7 +173,7 @@ def run_study(source: str | Path, study_dir: str | Path, *, data: str | None = N
     header = {
         "name": spec.name, "source": spec.source, "data": _data_header(data, spec),
         **environment(resolve_device(first.get("device", "auto"))), "seeds": list(spec.seeds),
-        "arms": {arm.name: {**by_id[f"run:{arm.name}:seed{spec.seeds[0]}"].params["config"], "seed": None,
+        "arms": {arm.name: {**by_id[run_node_id(arm.name, spec.seeds[0])].params["config"], "seed": None,
                             "init_from": arm.init_from} for arm in spec.arms.values()},
         "compare": spec.compare.to_dict(), "analyses": spec.analyses.to_dict(),
         "weights": weights_file, "weights_missing": missing,

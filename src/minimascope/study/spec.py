@@ -14,7 +14,9 @@ A study file (YAML) holds::
       weights: {threshold: 1.0e-3}                    # per run: norms, distance from init, ranks
       connectivity: {points: 11, images: 1000}        # per compared pair with the same normalisation
       mistakes: {}                                    # per compared pair: which test images each gets wrong
-      across_seeds: [sgd, adahessian]                 # compare two seeds of one arm (the seed statistics)
+      across_seeds: [sgd, adahessian]                 # compare every two seeds of one arm; with two or more
+                                                      # seeds, the seed statistics of each compared pair of
+                                                      # different arms that holds one of these
 
 Every ``train`` option is a key of ``defaults`` and of each arm, checked as ``train`` checks it;
 ``seed`` comes from ``seeds`` and ImageNet weights from the command line, so neither is a key.
@@ -29,18 +31,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from minimascope.analyses import ANALYSES, PER_ARM_PAIR
 from minimascope.config import TrainConfig
 from minimascope.errors import MinimascopeError
 from minimascope.io import read_yaml_mapping
+from minimascope.study.graph import topological_order
 
 STUDY_KEYS = ("defaults", "seeds", "arms", "compare", "analyses")
-# Each analysis and the options of its run-level function that a study file may set.
-ANALYSIS_OPTIONS = {
-    "sharpness": ("images", "k", "tol", "max_iter", "rel_error", "max_probes", "density_steps", "seed"),
-    "weights": ("threshold",),
-    "connectivity": ("points", "images", "align", "seed"),
-    "mistakes": ("limit", "seed"),
-}
+# Each analysis a study file names under ``analyses`` and the options of its function it may set.
+# Analyses of a pair of arms over all seeds are not named: ``across_seeds`` plans them.
+ANALYSIS_OPTIONS = {name: row.options for name, row in ANALYSES.items() if row.per != PER_ARM_PAIR}
 COMPARE_KEYS = ("measures", "samples", "pairs", "within", "layer_set", "policy")
 # Set by the study itself, not by its file.
 NOT_IN_STUDY_FILE = {
@@ -161,7 +161,7 @@ def checked_config(values: dict[str, Any], where: str) -> TrainConfig:
         raise MinimascopeError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
-def _options(values: Any, where: str) -> dict[str, Any]:
+def train_options(values: Any, where: str) -> dict[str, Any]:
     """Train options of a mapping, keys normalised (``train-subset`` → ``train_subset``) and values converted."""
     if not isinstance(values, dict):
         raise MinimascopeError(f"{where}: must be a mapping of train options, got {type(values).__name__}")
@@ -177,8 +177,8 @@ def _defaults(raw: Any, file: Path) -> dict[str, Any]:
         path = Path(raw) if Path(raw).is_absolute() else file.parent / raw
         if not path.is_file():
             raise MinimascopeError(f"{file}: defaults: no file {path}")
-        return _options(read_yaml_mapping(path), f"{file}: defaults ({path})")
-    return _options(raw, f"{file}: defaults")
+        return train_options(read_yaml_mapping(path), f"{file}: defaults ({path})")
+    return train_options(raw, f"{file}: defaults")
 
 
 def _seeds(raw: Any, file: Path) -> tuple[int, ...]:
@@ -210,7 +210,7 @@ def _arms(raw: Any, defaults: dict[str, Any], file: Path) -> dict[str, Arm]:
                 raise MinimascopeError(f"{where}: init_from: unknown arm {init_from!r}; arms: {', '.join(raw)}")
             if init_from == name:
                 raise MinimascopeError(f"{where}: init_from: an arm cannot start from itself")
-        options = {**defaults, **_options(values, where)}
+        options = {**defaults, **train_options(values, where)}
         config = checked_config({**options, "init_from": f"<{init_from}>" if init_from else None}, where)
         if config.pretrained and config.arch != "resnet18":
             raise MinimascopeError(f"{where}: pretrained: ImageNet weights exist for arch resnet18 only")
@@ -220,8 +220,6 @@ def _arms(raw: Any, defaults: dict[str, Any], file: Path) -> dict[str, Arm]:
 
 
 def _check_acyclic(arms: dict[str, Arm], file: Path) -> None:
-    from minimascope.study.graph import topological_order
-
     edges = {name: [arm.init_from] if arm.init_from else [] for name, arm in arms.items()}
     try:
         topological_order(edges)
@@ -337,7 +335,7 @@ def parse_study(values: dict[str, Any], file: Path, name: str, source: str) -> S
                      analyses=_analyses(values.get("analyses"), arms, file))
 
 
-def load_study(text: str | Path) -> StudySpec:
+def load_spec(text: str | Path) -> StudySpec:
     """A study from a preset name or a study file path."""
     file, name, source = resolve_source(text)
     values = read_yaml_mapping(file)

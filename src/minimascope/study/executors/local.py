@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from minimascope.study.kinds import run_after
 from minimascope.study.state import StudyState
-from minimascope.study.tasks import run_after
 
 
-def execute(state: StudyState, study_dir: Path) -> None:
+def execute(state: StudyState, study_dir: Path, **ignored: Any) -> None:
+    """Runs here with no options of its own: what a caller gives for another executor is ignored."""
     for node in state.nodes:
         if state.records[node.id]["status"] in ("completed", "diverged"):
             continue

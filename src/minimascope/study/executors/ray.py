@@ -20,8 +20,9 @@ import ray
 
 from minimascope.errors import MinimascopeError
 from minimascope.study.graph import Node
+from minimascope.study.kinds import run_after
+from minimascope.study.records import result
 from minimascope.study.state import StudyState
-from minimascope.study.tasks import result
 
 POLL_S = 0.5
 
@@ -43,8 +44,6 @@ class _Events:
 
 def _run_node(node: Node, study_dir: str, threads: int, events: Any, *upstream: dict[str, Any]) -> dict[str, Any]:
     import torch
-
-    from minimascope.study.tasks import run_after
 
     torch.set_num_threads(threads)
 

@@ -1,46 +1,33 @@
 """Node kinds: for each, how its key is computed, what it left on disk, and how it runs.
 
-A kind is a class registered with :func:`register`; adding one (a sharpness per run, a
-connectivity per compared pair, ...) is one class here and one rule in :mod:`.graph` that makes
-its nodes. Executors call :func:`run_after` for every node, in the driver's process (local) or in
-a worker (Ray): it skips a node whose upstream did not complete and turns any error into a
-``failed`` result, so one broken node never stops the others.
+``KINDS`` holds a run, a comparison, and one :class:`AnalysisKind` per row of
+:data:`minimascope.analyses.ANALYSES`; adding an analysis is a row there, never a class here.
+Executors call :func:`run_after` for every node, in the driver's process (local) or in a worker
+(Ray): it skips a node whose upstream did not complete and turns any error into a ``failed``
+result, so one broken node never stops the others.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
 from minimascope import io
+from minimascope.analyses import ANALYSES, PER_ARM_PAIR
 from minimascope.errors import MinimascopeError
 from minimascope.study.graph import Node
+from minimascope.study.records import FINAL_STATUSES, result
 
 # report(node_id, event, epoch, epochs): event "started" or "epoch" (an epoch finished).
 Report = Callable[[str, str, int, int], None]
 COMPARISON_JSON = "comparison.json"
 COMPARISON_FORMAT = "minimascope-comparison-v1"
-FINAL_STATUSES = ("completed", "diverged", "failed", "skipped")
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def result(status: str, reason: str | None = None, **fields: Any) -> dict[str, Any]:
-    """What running a node returns (and ``study.json`` keeps of it)."""
-    return {"status": status, "reason": reason, "diverged_epoch": None, "final": None, **fields}
+ANALYSIS_JSON = "analysis.json"
+ANALYSIS_FORMAT = "minimascope-analysis-node-v1"
 
 
 class NodeKind(Protocol):
@@ -56,20 +43,6 @@ class NodeKind(Protocol):
         """Compute the node (resuming what an interrupted invocation left) and return its result."""
 
 
-KINDS: dict[str, NodeKind] = {}
-
-
-def register(cls: type) -> type:
-    KINDS[cls.name] = cls()
-    return cls
-
-
-def kind(name: str) -> NodeKind:
-    if name not in KINDS:
-        raise MinimascopeError(f"unknown node kind {name!r}; known: {', '.join(KINDS)}")
-    return KINDS[name]
-
-
 @functools.lru_cache(maxsize=8)
 def _data_key(source: str | None) -> str:
     from minimascope import data
@@ -82,7 +55,6 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-@register
 class RunKind:
     """One training run: ``train(config, run_dir, resume=True)``."""
 
@@ -145,14 +117,13 @@ class RunKind:
         return result(record["status"], record.get("error"), final=record.get("final"))
 
 
-@register
 class CompareKind:
-    """Two final networks (or one with itself) layer by layer: ``analysis.compare.compare_networks``."""
+    """Two final networks (or one with itself) layer by layer: ``compare.compare_networks``."""
 
     name = "compare"
 
     def key(self, node: Node, dependency_keys: list[str]) -> str:
-        return digest({"settings": node.params["settings"], "runs": dependency_keys})
+        return io.digest({"settings": node.params["settings"], "runs": dependency_keys})
 
     def stored(self, node_dir: Path) -> dict[str, Any] | None:
         path = node_dir / COMPARISON_JSON
@@ -172,22 +143,33 @@ class CompareKind:
                          data_source=node.params["data"], device=node.params["device"])
         io.atomic_write_json(out / COMPARISON_JSON, {
             "format": COMPARISON_FORMAT, "key": node.key, "runs": node.params["run_paths"],
-            "settings": settings, "finished": now()})
+            "settings": settings, "finished": io.now()})
         return result("completed")
 
 
-ANALYSIS_JSON = "analysis.json"
-ANALYSIS_FORMAT = "minimascope-analysis-node-v1"
+def absolute_inputs(inputs: dict[str, Any], study_dir: Path) -> dict[str, Any]:
+    """A PER_ARM_PAIR node's inputs with every ``path`` under ``study_dir`` (the plan keeps them relative,
+    so a study directory can move)."""
+    def resolve(value: Any) -> Any:
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if isinstance(value, dict):
+            return {k: study_dir / v if k == "path" else resolve(v) for k, v in value.items()}
+        return value
+
+    return resolve(inputs)
 
 
-class _AnalysisKind:
-    """An analysis of one run or one pair of runs: its function writes its result files to the node's
-    folder, then ``analysis.json`` (the node's key) marks it finished; an interrupted one runs again."""
+class AnalysisKind:
+    """An analysis of one run, one pair of runs, or a pair of arms over all seeds: its row of
+    ``ANALYSES`` writes its result files to the node's folder, then ``analysis.json`` (the node's key)
+    marks it finished; an interrupted one runs again."""
 
-    name = ""
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def key(self, node: Node, dependency_keys: list[str]) -> str:
-        return digest({"kind": self.name, "options": node.params["options"], "runs": dependency_keys})
+        return io.digest({"kind": self.name, "options": node.params["options"], "runs": dependency_keys})
 
     def stored(self, node_dir: Path) -> dict[str, Any] | None:
         path = node_dir / ANALYSIS_JSON
@@ -195,64 +177,28 @@ class _AnalysisKind:
             return None
         return {**result("completed"), "key": io.read_json(path, ANALYSIS_JSON).get("key")}
 
-    def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
-        raise NotImplementedError
-
     def run(self, node: Node, study_dir: Path, report: Report) -> dict[str, Any]:
-        out = study_dir / node.path
-        self.compute([study_dir / p for p in node.params["run_paths"]], out, node.params["options"],
-                     node.params["data"], node.params["device"])
+        info, params, out = ANALYSES[self.name], node.params, study_dir / node.path
+        if info.per == PER_ARM_PAIR:
+            inputs: Any = absolute_inputs(params["inputs"], study_dir)
+            read = {"inputs": params["inputs"]}
+        else:
+            inputs = [study_dir / p for p in params["run_paths"]]
+            read = {"runs": params["run_paths"]}
+        info.run(inputs, out, params["options"], data_source=params["data"], device=params["device"])
         io.atomic_write_json(out / ANALYSIS_JSON, {"format": ANALYSIS_FORMAT, "kind": self.name, "key": node.key,
-                                                   "runs": node.params["run_paths"], "finished": now()})
+                                                   **read, "finished": io.now()})
         return result("completed")
 
 
-@register
-class SharpnessKind(_AnalysisKind):
-    """Top Hessian eigenvalues, trace and eigenvalue density of a run's training loss."""
-
-    name = "sharpness"
-
-    def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
-        from minimascope.minima.sharpness import sharpness_of_run
-
-        sharpness_of_run(runs[0], out, data_source=data, device=device, **options)
+KINDS: dict[str, NodeKind] = {"run": RunKind(), "compare": CompareKind(),
+                              **{name: AnalysisKind(name) for name in ANALYSES}}
 
 
-@register
-class WeightsKind(_AnalysisKind):
-    """Per-layer weight statistics of a run, distance from its initial weights included."""
-
-    name = "weights"
-
-    def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
-        from minimascope.minima.weights import weights_of_run
-
-        weights_of_run(runs[0], out, **options)
-
-
-@register
-class ConnectivityKind(_AnalysisKind):
-    """Loss and error along the straight line between two runs' weights, and its barrier."""
-
-    name = "connectivity"
-
-    def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
-        from minimascope.minima.connectivity import connectivity_of_runs
-
-        connectivity_of_runs(runs[0], runs[1], out, data_source=data, device=device, **options)
-
-
-@register
-class MistakesKind(_AnalysisKind):
-    """Which test images each of two runs gets wrong, against independent errors."""
-
-    name = "mistakes"
-
-    def compute(self, runs: list[Path], out: Path, options: dict[str, Any], data: str, device: str) -> None:
-        from minimascope.minima.mistakes import mistakes_of_runs
-
-        mistakes_of_runs(runs[0], runs[1], out, data_source=data, **options)
+def kind(name: str) -> NodeKind:
+    if name not in KINDS:
+        raise MinimascopeError(f"unknown node kind {name!r}; known: {', '.join(KINDS)}")
+    return KINDS[name]
 
 
 def upstream_reason(dependency: str, upstream: dict[str, Any]) -> str:
@@ -271,7 +217,7 @@ def run_after(node: Node, study_dir: str | Path, upstream: Sequence[dict[str, An
             return result("skipped", upstream_reason(dependency, done))
     if node.skip_reason:
         return result("skipped", node.skip_reason)
-    started, clock = now(), time.perf_counter()
+    started, clock = io.now(), time.perf_counter()
     report(node.id, "started", 0, 0)
     try:
         outcome = kind(node.kind).run(node, Path(study_dir), report)
@@ -280,4 +226,4 @@ def run_after(node: Node, study_dir: str | Path, upstream: Sequence[dict[str, An
     except Exception as exc:  # a bug or a broken machine: one line here, the trace on stderr
         traceback.print_exc()
         outcome = result("failed", _first_line(exc))
-    return {**outcome, "started": started, "finished": now(), "time_s": time.perf_counter() - clock}
+    return {**outcome, "started": started, "finished": io.now(), "time_s": time.perf_counter() - clock}
