@@ -2,7 +2,7 @@
 run completed, 50 comparisons (15 pairs of arms + 10 networks with themselves, per seed) of 21×21
 layers with CKA, SVCCA and Procrustes. Goal: under 30 s on this project's 2-core machine.
 
-The study directory is the fake one of tests/test_report.py (made-up numbers, real resnet18
+The study directory is the fake one of tests/helpers.py (made-up numbers, real resnet18
 ``final.pt`` files), built once in a temporary folder; only ``write_report`` is timed, per section.
 
     python benchmarks/report.py                 # 25 pairs × 2 seeds = 50 comparisons
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import ARMS, build_fake_study  # the fake study lives with the tests
 from minimascope.env import cpu_name
 from minimascope.report import page
-from test_report import ARMS, build_fake_study  # the fake study lives with the tests
 
 
 def main() -> None:

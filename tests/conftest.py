@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_NODES, make_archive, make_image_tree
+from helpers import TINY_NODES, build_fake_study, make_archive, make_image_tree
 from minimascope import io, models
+from minimascope.report import write_report
 from minimascope.study import run_study
 
 
@@ -83,3 +84,15 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, cifar_source: str, imag
         outcome = run_study("tiny", study_dir, data=cifar_source, weights=imagenet_file)
     assert outcome.counts == {"completed": TINY_NODES}, outcome.records
     return study_dir
+
+
+@pytest.fixture(scope="session")
+def fake_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report's fake study directory (helpers.build_fake_study), built once per session."""
+    return build_fake_study(tmp_path_factory.mktemp("study") / "fake")
+
+
+@pytest.fixture(scope="session")
+def report_page(fake_study: Path) -> Path:
+    """The fake study's report, written once per session: ``report/index.html``."""
+    return write_report(fake_study)

@@ -20,7 +20,6 @@ from playwright.sync_api import sync_playwright
 
 from minimascope.report import write_report
 from minimascope.report.page import SECTIONS
-from test_report import fake_study, report_page  # noqa: F401  (session fixtures shared with test_report.py)
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -86,7 +85,7 @@ def keep_artifact(screenshot: Path) -> None:
         shutil.copy2(screenshot, Path(folder) / screenshot.name)
 
 
-def test_fake_study_report_in_browser(report_page: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_fake_study_report_in_browser(report_page: Path, tmp_path: Path) -> None:
     shown = check_report_in_browser(report_page, tmp_path / "report-fake.png")
     keep_artifact(tmp_path / "report-fake.png")
     sources = {image["src"] for image in shown["images"]}
@@ -94,6 +93,7 @@ def test_fake_study_report_in_browser(report_page: Path, tmp_path: Path) -> None
     assert len(shown["requests"]) == 1 + len(sources)  # the page and its images, nothing else
 
 
+@pytest.mark.slow
 def test_tiny_study_report_in_browser(tiny_study: Path, tmp_path: Path) -> None:
     """The report of a real study: the tiny preset run end to end (every arm, its comparisons and
     analyses), written by the same call as `minimascope report`."""

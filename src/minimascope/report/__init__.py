@@ -1,5 +1,5 @@
 """The study report: one HTML page with every table and figure of a study directory, and the
-seed paper's claims checked against its numbers (``minimascope report STUDY_DIR``)."""
+paper's claims checked against its numbers (``minimascope report STUDY_DIR``)."""
 
 from minimascope.report.page import write_report
 

@@ -65,7 +65,6 @@ def shared_legend(figure: Figure, handles: Mapping[str, object], *, fontsize: fl
 
 
 # ---------------------------------------------------------------- curves
-
 @dataclass(frozen=True)
 class Curve:
     """One arm's metric per epoch, one row per seed (NaN where a seed has no value, e.g. after it diverged)."""
@@ -122,7 +121,6 @@ def curves_figure(panels: Sequence[tuple[str, Sequence[Curve]]], path: Path, *, 
 
 
 # ---------------------------------------------------------------- similarity
-
 @dataclass(frozen=True)
 class Heatmap:
     title: str
@@ -219,7 +217,6 @@ def depth_profile_figure(panels: Sequence[tuple[str, str, tuple[float, float], S
 
 
 # ---------------------------------------------------------------- filters
-
 def kernel_mosaic(weight: np.ndarray, max_out: int, max_in: int) -> np.ndarray:
     """Kernels (out, in, kh, kw) → one 2-D array: row block = output channel, column block =
     input channel, one NaN pixel between kernels (drawn as background)."""
@@ -247,8 +244,8 @@ def colour_mosaic(weight: np.ndarray, scale: float, background: float = 1.0) -> 
 
 
 def common_scale(weights: Sequence[np.ndarray], quantile: float = 0.99) -> float:
-    """One colour scale for every arm: the ``quantile`` of |w| over all shown kernels (so one
-    outlier does not wash out the rest)."""
+    """One colour scale for every arm: the ``quantile`` of |w| over all shown kernels (so one outlier does not
+    wash out the rest)."""
     pooled = np.concatenate([np.abs(w).ravel() for w in weights])
     scale = float(np.quantile(pooled, quantile)) if pooled.size else 1.0
     return scale if scale > 0 else 1.0
@@ -256,8 +253,8 @@ def common_scale(weights: Sequence[np.ndarray], quantile: float = 0.99) -> float
 
 @dataclass(frozen=True)
 class Grid:
-    """Where the panels of a fixed-layout figure go, in inches (constrained layout would measure
-    every artist on each pass, for panels whose sizes are known in advance)."""
+    """Where the panels of a fixed-layout figure go, in inches (constrained layout would measure every artist on
+    each pass, for panels whose sizes are known in advance)."""
 
     count: int
     columns: int
@@ -292,9 +289,8 @@ class Grid:
 
 def filters_figure(kernels: Mapping[str, np.ndarray], path: Path, *, scale: float, max_out: int = 32,
                    max_in: int = 32, columns: int = 5) -> Path:
-    """One panel per arm of a conv layer's kernels (out, in, kh, kw) on the common ``scale``:
-    3-input-channel layers as RGB patches, others as a diverging map of the first ``max_out`` ×
-    ``max_in`` channels."""
+    """One panel per arm of a conv layer's kernels (out, in, kh, kw) on the common ``scale``: 3-input-channel
+    layers as RGB patches, others as a diverging map of the first ``max_out`` × ``max_in`` channels."""
     names = list(kernels)
     rgb = all(w.shape[1] == 3 for w in kernels.values())
     # The right margin holds the colour bar, its tick labels and its label.
@@ -318,7 +314,6 @@ def filters_figure(kernels: Mapping[str, np.ndarray], path: Path, *, scale: floa
 
 
 # ---------------------------------------------------------------- minima: sharpness, paths, weights, mistakes
-
 @dataclass(frozen=True)
 class SeedValues:
     """One arm's (or pair's) value of a scalar, one per seed."""
@@ -329,8 +324,7 @@ class SeedValues:
 
 
 def seed_points_figure(panels: Sequence[tuple[str, Sequence[SeedValues]]], path: Path) -> Path:
-    """One panel per scalar: each arm's seeds as dots and their mean as a bar; log y when the values
-    span decades."""
+    """One panel per scalar: each arm's seeds as dots and their mean as a bar; log y when the values span decades."""
     figure = new_figure(max(3.2, 0.5 * max(len(p) for _, p in panels) + 1.5) * len(panels), 4.0)
     for axes, (title, groups) in zip(figure.subplots(1, len(panels), squeeze=False).ravel(), panels):
         for x, group in enumerate(groups):
@@ -380,8 +374,7 @@ class PathLines:
 
 
 def paths_figure(pairs: Sequence[PathLines], path: Path, metrics: Sequence[tuple[str, str]]) -> Path:
-    """Rows = pairs, columns = metrics; one colour per batch-norm variant, mean over seeds with a
-    lowest–highest band."""
+    """Rows = pairs, columns = metrics; one colour per batch-norm variant, mean over seeds, lowest–highest band."""
     figure = new_figure(4.2 * len(metrics), 3.2 * len(pairs))
     grid = figure.subplots(len(pairs), len(metrics), squeeze=False)
     for row, pair in zip(grid, pairs):
