@@ -33,6 +33,7 @@ def compare(*args: str):
     return CliRunner().invoke(app, ["compare", *args])
 
 
+@pytest.mark.slow
 def test_compare_writes_matrices_and_heatmaps(two_networks, cifar_source: str, tmp_path: Path) -> None:
     a, b = two_networks
     out = tmp_path / "cmp"
@@ -62,6 +63,7 @@ def test_compare_a_network_with_itself(two_networks, cifar_source: str, tmp_path
     np.testing.assert_allclose(values, values.T, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_compare_bad_input_is_one_line(two_networks, cifar_source: str, tmp_path: Path) -> None:
     a, b = two_networks
     common = ["--data", cifar_source, "--out", str(tmp_path / "o")]

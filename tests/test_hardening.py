@@ -181,6 +181,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, cifar_source: str) ->
     return out
 
 
+@pytest.mark.slow
 def test_compare_never_writes_into_a_run_or_over_another_pair(finished_run: Path, cifar_source: str,
                                                               tmp_path: Path) -> None:
     other = tmp_path / "other.pt"

@@ -60,6 +60,7 @@ def small_run(root: Path, *, moved: float) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_sharpness_writes_what_its_reader_reads(two_runs, tmp_path: Path) -> None:
     run, _, source = two_runs
     out = tmp_path / "sharp"

@@ -89,6 +89,7 @@ def test_equal_rule_on_constructed_cases() -> None:
     assert equal_verdict([0.40, 0.45], [0.41, 0.40], 0.02).verdict == "inconclusive"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("noise", ["normal", "heavy"])
 def test_rules_false_positive_rate_under_a_null(n: int, noise: str) -> None:
@@ -119,6 +120,7 @@ def test_cost_rule_decides_and_holds_its_null() -> None:
     assert false / SIMULATIONS <= 0.05
 
 
+@pytest.mark.slow
 def test_adaptive_sharpness_is_invariant_to_a_batch_norm_rescaling() -> None:
     torch.manual_seed(0)
     net = conv_bn_net().double()

@@ -425,7 +425,8 @@ def test_an_analysis_of_a_pair_of_arms_is_planned_and_run(tmp_path: Path, monkey
 
 def test_the_package_imports_one_way() -> None:
     """No import cycle in the package: every ``import minimascope...`` and ``from minimascope... import``,
-    at module or function level, is an edge (``from minimascope import X`` with X no module: the ``__init__``)."""
+    at module or function level, is an edge (``from minimascope import X`` with X no module: the ``__init__``);
+    imports under ``if TYPE_CHECKING:`` never run and are not edges."""
     import ast
 
     paths = {".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__"): p
@@ -433,8 +434,12 @@ def test_the_package_imports_one_way() -> None:
     edges: dict[str, set[str]] = {}
     for name, path in paths.items():
         edges[name] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                       for statement in block.body for n in ast.walk(statement)}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in typing_only:
                 assert not getattr(node, "level", 0), f"{path}: a relative import"
                 module = getattr(node, "module", None)
                 for target in (f"{module}.{a.name}" if module else a.name for a in node.names):

@@ -23,6 +23,7 @@ from minimascope.train import train
 SMALL = ["--train-subset", "200", "--test-subset", "100", "--batch-size", "50", "--eval-batch-size", "100"]
 
 
+@pytest.mark.slow
 def test_cli_train_writes_the_run_directory(cifar_source: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = invoke("train", "--optimizer", "sgd", "--epochs", "2", "--val-size", "50", *SMALL,
@@ -55,6 +56,7 @@ def test_cli_train_writes_the_run_directory(cifar_source: str, tmp_path: Path) -
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adahessian"])
 def test_killed_run_resumes_bit_identical(cifar_source: str, tmp_path: Path, optimizer: str) -> None:
     config = small_config(cifar_source, optimizer=optimizer, epochs=3, train_subset=100, batch_size=20)
@@ -90,6 +92,7 @@ def test_killed_run_resumes_bit_identical(cifar_source: str, tmp_path: Path, opt
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_adahessian_learns_from_the_command_line(shared_cifar: str, tmp_path: Path) -> None:
     """The study's AdaHessian (lr 0.15, betas (0.9, 0.999), Hessian power 1) for two epochs on 2,000 images."""
     result = invoke("train", "--optimizer", "adahessian", "--epochs", "2", "--train-subset", "2000",
@@ -161,6 +164,7 @@ def test_existing_run_is_never_overwritten(cifar_source: str, tmp_path: Path) ->
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_pretrained_from_a_local_weights_file(cifar_source: str, tmp_path: Path) -> None:
     from torchvision.models import resnet18
 
@@ -188,6 +192,7 @@ def test_milestones_and_value_conversion() -> None:
     assert config.hash() != TrainConfig.from_mapping({**config.to_dict(), "seed": 1}).hash()
 
 
+@pytest.mark.slow
 def test_cold_and_warm_cache_give_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A source decoded just now and the same source read back from the cache train identically
     (decoded images once had a channels-last layout, which ran other conv kernels)."""

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from minimascope import __version__
 from minimascope.errors import MinimascopeError
+from minimascope.version import __version__
 
 
 def resolve_device(name: str) -> torch.device:

@@ -32,10 +32,8 @@ from minimascope.errors import MinimascopeError
 from minimascope.io import read_json
 from minimascope.runs import FINAL_WEIGHTS, RUN_JSON, read_metrics, read_run_json
 from minimascope.similarity import SimilarityMatrix
+from minimascope.study.records import STUDY_FORMAT, STUDY_JSON, SUMMARY_CSV
 
-STUDY_FORMAT = "minimascope-study-v1"
-STUDY_JSON = "study.json"
-SUMMARY_CSV = "summary.csv"
 FINISHED = ("completed", "diverged")
 # summary.csv columns that hold numbers (the others are text: arm, optimizer, init, std_multiplier, status).
 SUMMARY_NUMBERS = ("seed", "epochs", "test_accuracy", "test_loss", "train_loss", "train_accuracy",
@@ -364,5 +362,3 @@ def load_study(study_dir: str | Path) -> Study:
             analyses[node["kind"]].append(_analysis(node, root))
     return Study(root, record, runs, comparisons, missing, seed_comparisons, analyses)
 
-
-read_study = load_study  # TEMPORARY: the report's name until it moves to load_study

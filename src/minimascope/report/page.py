@@ -26,9 +26,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
-from minimascope import __version__
 from minimascope.io import atomic_write_bytes, atomic_write_text
 from minimascope.results import Study, load_study
+from minimascope.version import __version__
 
 REPORT_DIR = "report"
 INDEX = "index.html"
