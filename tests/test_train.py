@@ -209,3 +209,22 @@ def test_cold_and_warm_cache_give_the_same_run(tmp_path: Path, monkeypatch: pyte
     cold_weights = io.load_torch_file(tmp_path / "cold" / "final.pt")["state_dict"]
     warm_weights = io.load_torch_file(tmp_path / "warm" / "final.pt")["state_dict"]
     assert all(torch.equal(cold_weights[k], warm_weights[k]) for k in cold_weights)
+
+
+def test_a_seed_changes_only_what_it_names(cifar_source: str) -> None:
+    """`seed` draws init, data order and augmentation; `data_seed` the training subset; the test subset is
+    one fixed class-balanced set for every run, recorded in run.json by a digest of its indices."""
+    from minimascope.train import describe_test_set, make_splits
+
+    cpu = torch.device("cpu")
+    base = make_splits(small_config(cifar_source), cpu)
+    other_seed = make_splits(small_config(cifar_source, seed=1), cpu)
+    other_data = make_splits(small_config(cifar_source, data_seed=1), cpu)
+    for split in (other_seed, other_data):
+        assert split.test_index.equal(base.test_index) and split.test[0].equal(base.test[0])
+    assert describe_test_set(other_data.test_index) == describe_test_set(base.test_index)
+    assert other_seed.train[0].equal(base.train[0])
+    assert not other_data.train[0].equal(base.train[0])
+    keys = {config.key("data", None) for config in (small_config(cifar_source), small_config(cifar_source, seed=1),
+                                                     small_config(cifar_source, data_seed=1))}
+    assert len(keys) == 3

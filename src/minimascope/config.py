@@ -58,6 +58,9 @@ class TrainConfig:
         (0.5, 0.75), "MultiStepLR milestones: fractions of the run (<1) or epochs, e.g. 0.5,0.75")
     gamma: float = _option(0.1, "MultiStepLR factor")
     seed: int = _option(0, "seed of init, data order, augmentation and Hutchinson probes")
+    data_seed: int = _option(
+        0, "seed of the training subset and of the validation or fold split (the test subset is one fixed "
+           "class-balanced set, the same for every run), so two seeds of an arm see the same images")
     pretrained: bool = _option(False, "start from torchvision's ImageNet weights (new 10-class head)")
     weights: str | None = _option(
         None, "local ImageNet weights file (implies --pretrained; for machines without internet)")

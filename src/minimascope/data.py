@@ -26,6 +26,9 @@ from minimascope.cifar_files import CLASSES as CLASSES  # the class names, where
 from minimascope.errors import MinimascopeError
 from minimascope.io import WriteError, atomic_write_bytes, make_folder, temporary_name_pattern
 
+# The test subset is drawn once with this seed, whatever a run's seeds: every run of a study (and every `train`
+# by default) is evaluated on the same test images, so its predictions pair image by image with any other run's.
+TEST_SUBSET_SEED = 0
 # Per-pixel statistics of the canonical CIFAR-10 training set.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)

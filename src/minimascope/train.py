@@ -85,18 +85,18 @@ def make_splits(config: TrainConfig, device: torch.device, *, progress: data.Pro
     cifar = data.load_cifar10(config.data, progress=progress)
     train_index = torch.arange(len(cifar.train_labels))
     if config.train_subset is not None:
-        train_index = data.balanced_subset(cifar.train_labels, config.train_subset, config.seed)
+        train_index = data.balanced_subset(cifar.train_labels, config.train_subset, config.data_seed)
     val_index = None
     labels = cifar.train_labels[train_index]
     if config.folds is not None:
-        kept, held = data.kfold_split(labels, config.folds, config.fold, config.seed)
+        kept, held = data.kfold_split(labels, config.folds, config.fold, config.data_seed)
         train_index, val_index = train_index[kept], train_index[held]
     elif config.val_size:
-        kept, held = data.stratified_split(labels, config.val_size, config.seed)
+        kept, held = data.stratified_split(labels, config.val_size, config.data_seed)
         train_index, val_index = train_index[kept], train_index[held]
     test_index = torch.arange(len(cifar.test_labels))
     if config.test_subset is not None:
-        test_index = data.balanced_subset(cifar.test_labels, config.test_subset, config.seed)
+        test_index = data.balanced_subset(cifar.test_labels, config.test_subset, data.TEST_SUBSET_SEED)
 
     def on_device(images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor):
         return images[index].to(device), labels[index].to(device)
@@ -107,6 +107,12 @@ def make_splits(config: TrainConfig, device: torch.device, *, progress: data.Pro
         test=on_device(cifar.test_images, cifar.test_labels, test_index),
         test_index=test_index,
     )
+
+
+def describe_test_set(test_index: torch.Tensor) -> dict[str, Any]:
+    """What run.json records of the test images: how many, and a digest of which (equal digests: the same
+    images, so two runs' predictions pair image by image)."""
+    return {"images": len(test_index), "digest": io.digest(test_index.tolist())}
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -353,7 +359,8 @@ def _train_locked(config: TrainConfig, run_dir: Path, key: str, resume: bool, pr
 def _train_loop(run: _Run, progress: TrainProgress | None, fresh: bool) -> dict[str, Any]:
     config, run_dir = run.config, run.run_dir
     run.record = {"format": runs.RUN_FORMAT, "status": "running", "config": config.to_dict(), "key": run.key,
-                  **environment(run.device), "started": io.now(), "epochs_completed": run.epoch}
+                  **environment(run.device), "started": io.now(), "epochs_completed": run.epoch,
+                  "test_set": describe_test_set(run.splits.test_index)}
     run.write_record()  # first: from here on the folder is a run that --resume continues
     if fresh:
         io.atomic_torch_save(run_dir / runs.INITIAL_WEIGHTS, run.weights())

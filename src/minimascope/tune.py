@@ -37,7 +37,7 @@ TUNE_KEYS = ("defaults", "grid", "folds", "seed")
 TUNE_PRESETS = ("tune",)
 TUNE_CSV, SUMMARY_CSV, BEST_YAML = "tune.csv", "tune-summary.csv", "best.yaml"
 # Set by the tune itself.
-NOT_IN_GRID = ("seed", "folds", "fold", "val_size", "init_from", "weights")
+NOT_IN_GRID = ("seed", "data_seed", "folds", "fold", "val_size", "init_from", "weights")
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def tune_nodes(spec: TuneSpec, data: str) -> list[Node]:
         name = spec.setting_name(setting)
         for fold in range(spec.folds):
             config = TrainConfig.from_mapping({**spec.defaults, **setting, "folds": spec.folds, "fold": fold,
-                                               "seed": spec.seed, "data": data})
+                                               "seed": spec.seed, "data_seed": spec.seed, "data": data})
             nodes.append(Node(id=f"run:{name}:fold{fold}", kind="run", path=f"runs/{name}/fold{fold}",
                               params={"config": config.to_dict(), "init_node": None, "init_path": None},
                               labels={"arm": name, "seed": spec.seed, "fold": fold}))
