@@ -67,7 +67,10 @@ def test_sharpness_writes_what_its_reader_reads(two_runs, tmp_path: Path) -> Non
     result = invoke("sharpness", str(run), "--data", source, "--out", str(out), *FAST_SHARPNESS)
     assert result.exit_code == 0, result.output
     assert "top eigenvalues" in result.output and "10 training images" in result.output
+    assert "rescaling-invariant" in result.output
     sharpness = read_sharpness(out)
+    assert sharpness.adaptive is not None and f"λ1 {sharpness.adaptive.eigenvalues.values[0]:.4g}" in result.output
+    assert f"loss {sharpness.loss:.4g}" in result.output
     assert (out / DENSITY_PNG).read_bytes().startswith(b"\x89PNG")
     assert sharpness.n_images == 10 and sharpness.settings["images"] == "train"
     assert sharpness.settings["n_images"] == 10 and "class-balanced" in sharpness.settings["subset"]

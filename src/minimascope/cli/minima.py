@@ -58,6 +58,8 @@ def sharpness_command(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     seed: int = typer.Option(0, help="seed of the image subset and of the probes"),
     batch_size: int = typer.Option(1000, help="images per Hessian-vector product batch (memory, not results)"),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive",
+                                  help="also λ1 and trace of D·H·D, D = |w| (unchanged by a batch-norm rescaling)"),
 ) -> None:
     """Top Hessian eigenvalues, trace and eigenvalue density of a run's training loss (eval mode)."""
     from minimascope.minima.sharpness import sharpness_of_run
@@ -65,14 +67,18 @@ def sharpness_command(
     out_dir = _default_out(out, "sharpness", run)
     result = sharpness_of_run(run, out_dir, images=images, data_source=data_source, device=device, seed=seed, k=k,
                               tol=tol, max_iter=max_iter, rel_error=rel_error, max_probes=max_probes,
-                              density_steps=density_steps, batch_size=batch_size)
+                              density_steps=density_steps, batch_size=batch_size, adaptive=adaptive)
     eigenvalues = ", ".join(f"{v:.4g}" for v in result.eigenvalues.values)
     warn = "" if result.eigenvalues.converged else " [yellow](not converged)[/yellow]"
     console.print(f"top eigenvalues: {eigenvalues}{warn}", highlight=False)
     warn = "" if result.trace.converged else " [yellow](not converged)[/yellow]"
     console.print(f"trace: {result.trace.value:.4g} ± {result.trace.stderr:.2g} ({result.trace.probes} probes){warn}",
                   highlight=False)
-    console.print(f"on {result.n_images} training images; [green]written[/green] {out_dir}", highlight=False)
+    if result.adaptive is not None:
+        console.print(f"rescaling-invariant (D·H·D, D = |w|): λ1 {result.adaptive.eigenvalues.values[0]:.4g}, "
+                      f"trace {result.adaptive.trace.value:.4g}", highlight=False)
+    console.print(f"loss {result.loss:.4g} on {result.n_images} training images; [green]written[/green] {out_dir}",
+                  highlight=False)
 
 
 @analysis_command("connectivity")
