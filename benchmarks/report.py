@@ -1,6 +1,6 @@
 """Report generation time for a study the size of the `quick` preset's: 10 arms × 2 seeds, every
 run completed, 50 comparisons (15 pairs of arms + 10 networks with themselves, per seed) of 21×21
-layers with CKA, SVCCA and Procrustes. Goal: under 30 s on this project's 2-core machine.
+layers with CKA, debiased CKA, SVCCA and Procrustes. Goal: under 30 s on this project's 2-core machine.
 
 The study directory is the fake one of tests/helpers.py (made-up numbers, real resnet18
 ``final.pt`` files), built once in a temporary folder; only ``write_report`` is timed, per section.
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import ARMS, build_fake_study  # the fake study lives with the tests
+from helpers import ARMS, MEASURE_NAMES, build_fake_study  # the fake study lives with the tests
 from minimascope.env import cpu_name
 from minimascope.report import page
 
@@ -56,7 +56,8 @@ def main() -> None:
         total = (time.perf_counter() - wall, time.process_time() - cpu)
         figures = sorted(p.name for p in (root / "report").iterdir() if p.suffix in (".png", ".svg"))
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}")
-    print(f"study: {len(ARMS)} arms × {len(seeds)} seeds, {len(pairs) * len(seeds)} comparisons × 3 measures "
+    print(f"study: {len(ARMS)} arms × {len(seeds)} seeds, {len(pairs) * len(seeds)} comparisons × "
+          f"{len(MEASURE_NAMES)} measures "
           f"(built in {built:.1f} s, not timed); {len(figures)} figures")
     print(f"{'section':<16}{'wall s':>10}{'cpu s':>10}")
     for name, (w, c) in timings.items():

@@ -18,7 +18,7 @@ from functools import partial
 import numpy as np
 
 from minimascope.minima.step_cost import cost_verdict, step_time_ratio
-from minimascope.report.text import number, p_text, spread
+from minimascope.report.text import number, p_text, spread, step_text
 from minimascope.stats import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
@@ -91,7 +91,7 @@ def verdict_row(claim: Claim, ours: str, verdict: Verdict, paired: PairedCompari
         tests.append(p_text(verdict.sign_flip.p_value, verdict.sign_flip.smallest_attainable_p, "sign-flip p"))
     effect = "" if paired is None else f"Cohen's d_z {number(paired.effect_size)}; mean difference " \
         f"{paired.interval.mean:+.3g}" + ("" if paired.n < 2 else
-                                          f" [{paired.interval.low:+.3g}, {paired.interval.high:+.3g}]")
+                                          f" [95%: {paired.interval.low:+.3g}, {paired.interval.high:+.3g}]")
     return ClaimRow(claim.claim, claim.measured, ours, verdict.verdict, verdict.rule, verdict.direction,
                     "" if paired is None else direction_counts(paired, *labels), "; ".join(t for t in tests if t),
                     effect, verdict.variability, verdict.decide)
@@ -218,8 +218,8 @@ def pretrained_raises_accuracy(random_init: Sequence[float], pretrained: Sequenc
 def adahessian_costs_more(step_times: Mapping[int, tuple[Sequence[float], Sequence[float]]]) -> ClaimRow:
     """``step_times``: seed → (sgd's step times, adahessian's), each run's steps.csv."""
     ratios = [step_time_ratio(sgd, adahessian, seed=seed) for seed, (sgd, adahessian) in sorted(step_times.items())]
-    ours = "; ".join(f"seed {r.seed}: {r.ratio:.2f}× [{r.low:.2f}, {r.high:.2f}] (median step {1000 * r.median_b:.3g} "
-                     f"ms vs {1000 * r.median_a:.3g} ms, {r.n_b} and {r.n_a} steps)" for r in ratios)
+    ours = "; ".join(f"seed {r.seed}: {r.ratio:.2f}× [{r.low:.2f}, {r.high:.2f}] (median step {step_text(r.median_b)} "
+                     f"vs {step_text(r.median_a)}, {r.n_b} and {r.n_a} steps)" for r in ratios)
     verdict = cost_verdict(ratios, label_a="SGD", label_b="AdaHessian")
     per_seed = f"ratio above 1 in {sum(r.ratio > 1 for r in ratios)} of {len(ratios)} seeds"
     row = verdict_row(ADAHESSIAN_COSTS_MORE, ours, verdict, None)

@@ -174,18 +174,18 @@ def _arm_values(study: Study, key: str) -> str:
     return ", ".join(f"{arm} {value}" for arm, value in values.items())
 
 
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value if value is not None else "?")
+
+
 def budget(study: Study) -> dict[str, Any]:
     """What the study ran beside the paper's setting, and whether they differ ("not the paper's setting")."""
-    data = study.record.get("data", {})
+    data, compare = study.record.get("data", {}), study.record.get("compare", {})
     epochs = {arm: config.get("epochs") for arm, config in study.arms.items()}
-    ours = {"training images": f"{data.get('train_size', '?'):,}" if isinstance(data.get("train_size"), int)
-            else str(data.get("train_size", "?")),
-            "test images": f"{data.get('test_size'):,}" if isinstance(data.get("test_size"), int)
-            else str(data.get("test_size", "?")),
+    ours = {"training images": _count(data.get("train_size")), "test images": _count(data.get("test_size")),
             "epochs per arm": _arm_values(study, "epochs"), "batch size": _arm_values(study, "batch_size"),
             "seeds": f"{len(study.seeds)} ({seeds_text(study)})",
-            "images per comparison": str(study.record.get("compare", {}).get("samples", "?"))}
-    same = (data.get("train_size") == 50_000 and data.get("test_size") == 10_000
-            and epochs.get("sgd") == 360 and epochs.get("adahessian") == 160
-            and str(study.record.get("compare", {}).get("samples")) == "10000")
+            "images per comparison": _count(compare.get("samples"))}
+    same = (data.get("train_size") == 50_000 and data.get("test_size") == 10_000 and epochs.get("sgd") == 360
+            and epochs.get("adahessian") == 160 and compare.get("samples") == 10_000)
     return {"rows": [(what, ours[what], paper) for what, paper in PAPER_SETTING.items()], "paper_setting": same}

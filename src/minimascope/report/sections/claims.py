@@ -128,6 +128,7 @@ def _escape_row(study: Study, check: claims.EscapeCheck, measure: str) -> claims
 
 
 def claim_row(study: Study, check: claims.Check) -> claims.ClaimRow:
+    check = dataclasses.replace(check, claim=claims.with_measure(check.claim, claim_measure(study) or "cka"))
     absent = [arm for arm in check.arms if arm not in study.arms]
     if absent:
         return check.claim.not_checked(f"the study has no arm {', '.join(absent)}")
