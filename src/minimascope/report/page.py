@@ -3,7 +3,8 @@
 This module is the frame only. Each section is a module ``report/sections/<id>.py`` (its ``TITLE``
 and ``build(ctx) -> dict``: the data its template shows) and a template
 ``templates/section-<id>.html.j2`` that says the words (captions, alt texts). :data:`SECTION_IDS`
-lists them in page order: adding a section is its module, its template and one id there. The frame
+lists them in page order: adding a section is its module, its template and one id there (an
+analysis's section comes from its row in :data:`minimascope.analyses.ANALYSES`). The frame
 (``templates/report.html.j2``) numbers the sections, prints what data each used (``data_used``)
 and what it could not show (``missing``).
 
@@ -26,6 +27,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
+from minimascope.analyses import ANALYSES
 from minimascope.io import atomic_write_bytes, atomic_write_text
 from minimascope.results import Study, load_study
 from minimascope.version import __version__
@@ -33,8 +35,9 @@ from minimascope.version import __version__
 REPORT_DIR = "report"
 INDEX = "index.html"
 TEMPLATES = Path(__file__).parent / "templates"
-SECTION_IDS = ("study", "table", "curves", "normalisation", "similarity", "filters", "claims", "sharpness",
-               "connectivity", "weights", "mistakes", "seeds")
+# The study's own sections, then one per analysis in the table's order (an analysis names its section there).
+SECTION_IDS = ("study", "table", "curves", "normalisation", "similarity", "filters", "claims",
+               *dict.fromkeys(row.section for row in ANALYSES.values() if row.section))
 
 
 @dataclass
