@@ -653,3 +653,42 @@ def test_tiny_study_tables_are_unchanged(tiny_study: Path) -> None:
     saved = json.loads((DATA / "report-tables-tiny.json").read_text())
     page = write_report(tiny_study)
     assert without_machine(page_tables(page.read_text())) == without_machine(renamed(saved))
+
+
+def test_two_seeds_of_one_arm_are_a_connectivity_and_mistakes_pair(fake_study: Path, tmp_path: Path) -> None:
+    """The seed-to-seed baseline: a path and the shared mistakes between seed 0 and seed 1 of sgd, read as a pair
+    whose second network has another seed, labelled so on the page and in the frames."""
+    import shutil
+
+    from helpers import TEST_IMAGES, fake_connectivity, fake_predictions
+    from minimascope.minima.connectivity import write_connectivity
+    from minimascope.minima.mistakes import compare_mistakes, write_mistakes
+
+    study_dir = tmp_path / "study"
+    shutil.copytree(fake_study, study_dir, ignore=shutil.ignore_patterns("report"))
+    record = json.loads((study_dir / "study.json").read_text())
+    labels = np.arange(TEST_IMAGES) % 10
+    for kind in ("connectivity", "mistakes"):
+        relative = f"analyses/{kind}/sgd_vs_sgd/seed0-seed1"
+        record["nodes"].append({"id": f"{kind}:sgd:sgd:seed0-seed1", "kind": kind, "arms": ["sgd", "sgd"],
+                                "seeds": [0, 1], "path": relative, "status": "completed", "reason": None,
+                                "key": kind, "depends_on": ["run:sgd:seed0", "run:sgd:seed1"]})
+        if kind == "connectivity":
+            write_connectivity(fake_connectivity(("sgd", "sgd"), 0), study_dir / relative)
+        else:
+            write_mistakes(compare_mistakes(fake_predictions("sgd", 0, labels), fake_predictions("sgd", 1, labels),
+                                            labels, label_a="sgd seed 0", label_b="sgd seed 1"), study_dir / relative)
+    atomic_write_json(study_dir / "study.json", record)
+    study = load_study(study_dir)
+    (path_between_seeds,) = [a for a in study.completed_analyses("connectivity") if a.arms == ("sgd", "sgd")]
+    assert (path_between_seeds.seed, path_between_seeds.seed_b, path_between_seeds.seed_text) == (0, 1, "0–1")
+    frame = study.connectivity
+    assert set(frame[(frame.arm_a == "sgd") & (frame.arm_b == "sgd")].seed_b) == {1}
+    assert (frame[frame.arm_a != frame.arm_b].seed == frame[frame.arm_a != frame.arm_b].seed_b).all()
+    mistakes = study.mistakes.set_index(["arm_a", "arm_b", "seed", "seed_b"])
+    assert mistakes.loc[("sgd", "sgd", 0, 1)].n == TEST_IMAGES
+    tables = page_tables(write_report(study_dir).read_text())
+    connectivity_rows = [r for t in tables if t["section"] == "connectivity" for r in t["rows"]]
+    assert any(r[0] == "sgd: two seeds" for r in connectivity_rows)
+    mistake_rows = [r for t in tables if t["section"] == "mistakes" for r in t["rows"]]
+    assert ["sgd: two seeds", "0–1"] in [r[:2] for r in mistake_rows]

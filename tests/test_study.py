@@ -457,3 +457,18 @@ def test_the_package_imports_one_way() -> None:
         topological_order({name: sorted(imported) for name, imported in edges.items()})
     except MinimascopeError as exc:
         pytest.fail(f"import {exc}")
+
+
+def test_two_seeds_of_an_arm_compared_across_seeds_get_a_path_and_their_mistakes(tmp_path: Path) -> None:
+    """Networks of two seeds of one arm start from different inits: the pair weight matching has work to do,
+    and the seed-to-seed baseline of a barrier and of shared mistakes (every run sees the same test images)."""
+    nodes = keyed_study(tmp_path, (0, 1))
+    for name in ("connectivity", "mistakes"):
+        node = nodes[f"{name}:sgd:sgd:seed0-seed1"]
+        assert node.path == f"analyses/{name}/sgd_vs_sgd/seed0-seed1" and node.labels == {
+            "arms": ["sgd", "sgd"], "seeds": [0, 1]}
+        assert node.params["run_paths"] == ["runs/sgd/seed0", "runs/sgd/seed1"]
+        assert node.depends_on == ("run:sgd:seed0", "run:sgd:seed1")
+    assert {i for i in nodes if ":seed0-seed1" in i and i.split(":")[0] in ("connectivity", "mistakes")} == {
+        f"{k}:{a}:{a}:seed0-seed1" for k in ("connectivity", "mistakes") for a in ("sgd", "adahessian")}
+    assert not [i for i in keyed_study(tmp_path, (0,)) if "-seed" in i]

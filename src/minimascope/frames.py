@@ -24,11 +24,11 @@ SIMILARITY_COLUMNS = ("arm_a", "arm_b", "seed_a", "seed_b", "measure", "kind", "
                       "value", "by_construction", "n_samples")
 SHARPNESS_COLUMNS = ("arm", "seed", "n_images", "top_eigenvalue", "eigenvalues", "eigenvalues_converged", "trace",
                      "trace_stderr", "trace_probes", "trace_converged")
-CONNECTIVITY_COLUMNS = ("arm_a", "arm_b", "seed", "variant", "alpha", "train_loss", "train_error", "test_loss",
-                        "test_error")
+CONNECTIVITY_COLUMNS = ("arm_a", "arm_b", "seed", "seed_b", "variant", "alpha", "train_loss", "train_error",
+                        "test_loss", "test_error")
 WEIGHT_COLUMNS = ("arm", "seed", "layer", "shape", "frobenius_norm", "distance_from_init",
                   "relative_distance_from_init", "effective_rank", "stable_rank", "small_weight_share")
-MISTAKE_COLUMNS = ("arm_a", "arm_b", "seed", "n", "both_wrong", "only_a_wrong", "only_b_wrong", "both_right",
+MISTAKE_COLUMNS = ("arm_a", "arm_b", "seed", "seed_b", "n", "both_wrong", "only_a_wrong", "only_b_wrong", "both_right",
                    "expected_both_wrong", "kappa", "p_value_more_overlap", "p_value_less_overlap")
 
 
@@ -36,6 +36,11 @@ def frame(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> pd.DataFram
     import pandas as pd
 
     return pd.DataFrame(list(rows), columns=list(columns))
+
+
+def b_seed(analysis: Any) -> int | None:
+    """The seed of a pair's second network: its own seed when two seeds of one arm are compared."""
+    return analysis.seed if analysis.seed_b is None else analysis.seed_b
 
 
 def runs(study: Study) -> pd.DataFrame:
@@ -84,8 +89,10 @@ def sharpness(study: Study) -> pd.DataFrame:
 
 
 def connectivity(study: Study) -> pd.DataFrame:
-    """One row per point of each path (``variant``: the batch-norm mode, ``+matched`` after weight matching)."""
-    rows = ({"arm_a": a.arms[0], "arm_b": a.arms[1], "seed": a.seed, "variant": curve.variant, "alpha": alpha,
+    """One row per point of each path (``variant``: the batch-norm mode, ``+matched`` after weight matching);
+    ``seed_b`` differs from ``seed`` for a path between two seeds of one arm."""
+    rows = ({"arm_a": a.arms[0], "arm_b": a.arms[1], "seed": a.seed, "seed_b": b_seed(a), "variant": curve.variant,
+             "alpha": alpha,
              "train_loss": curve.train_loss[i], "train_error": curve.train_error[i],
              "test_loss": curve.test_loss[i], "test_error": curve.test_error[i]}
             for a in study.completed_analyses("connectivity") for curve in a.result.curves
@@ -101,7 +108,7 @@ def weights(study: Study) -> pd.DataFrame:
 
 
 def mistakes(study: Study) -> pd.DataFrame:
-    rows = ({"arm_a": a.arms[0], "arm_b": a.arms[1], "seed": a.seed, **{c: getattr(a.result, c)
-                                                                         for c in MISTAKE_COLUMNS[3:]}}
+    rows = ({"arm_a": a.arms[0], "arm_b": a.arms[1], "seed": a.seed, "seed_b": b_seed(a),
+             **{c: getattr(a.result, c) for c in MISTAKE_COLUMNS[4:]}}
             for a in study.completed_analyses("mistakes"))
     return frame(rows, MISTAKE_COLUMNS)

@@ -107,8 +107,9 @@ class SeedComparison:
 
 @dataclass
 class Analysis:
-    """One analysis node: per run (``arms`` = (arm,)) or per pair of arms, one seed (None: over all seeds);
-    ``result`` is what its reader in :data:`minimascope.analyses.ANALYSES` returns."""
+    """One analysis node: per run (``arms`` = (arm,)) or per pair of arms, one seed (None: over all seeds),
+    or two seeds of one arm (``seed`` the first, ``seed_b`` the second); ``result`` is what its reader in
+    :data:`minimascope.analyses.ANALYSES` returns."""
 
     kind: str
     arms: tuple[str, ...]
@@ -118,6 +119,11 @@ class Analysis:
     path: Path
     result: Any = None
     problem: str | None = None  # why a completed node's result could not be read
+    seed_b: int | None = None  # the second network's seed, when it differs from the first's
+
+    @property
+    def seed_text(self) -> str:
+        return str(self.seed) if self.seed_b is None else f"{self.seed}–{self.seed_b}"
 
     @property
     def label(self) -> str:
@@ -317,10 +323,11 @@ def _seed_comparison(node: dict[str, Any], root: Path, measures: Iterable[str], 
 def _analysis(node: dict[str, Any], root: Path) -> Analysis:
     info = ANALYSES[str(node["kind"])]
     arms = (str(node["arm"]),) if info.per == PER_RUN else tuple(str(a) for a in node["arms"])
-    seed = int(node["seed"]) if node.get("seed") is not None else None
-    folder = f"seed{seed}" if seed is not None else ""
-    analysis = Analysis(info.name, arms, seed, str(node.get("status", "pending")), node.get("reason"),
-                        root / node.get("path", f"analyses/{info.name}/{'_vs_'.join(arms)}/{folder}"))
+    seeds = [int(s) for s in node["seeds"]] if node.get("seeds") else [int(node["seed"])] if "seed" in node else []
+    default = f"analyses/{info.name}/{'_vs_'.join(arms)}/{'-'.join(f'seed{s}' for s in seeds)}"
+    analysis = Analysis(info.name, arms, seeds[0] if seeds else None, str(node.get("status", "pending")),
+                        node.get("reason"), root / node.get("path", default),
+                        seed_b=seeds[1] if len(seeds) > 1 else None)
     if analysis.status != "completed":
         return analysis
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from minimascope.report import figures
-from minimascope.report.text import is_scaled
+from minimascope.report.text import PAIR_RULE, is_scaled
 from minimascope.results import Comparison, Study
 from minimascope.similarity import SimilarityMatrix
 
@@ -82,7 +82,13 @@ def by_arms(analyses: Sequence[Any]) -> dict[tuple[str, ...], list[Any]]:
     groups: dict[tuple[str, ...], list[Any]] = {}
     for analysis in analyses:
         groups.setdefault(analysis.arms, []).append(analysis)
-    return {arms: sorted(group, key=lambda a: a.seed) for arms, group in groups.items()}
+    return {arms: sorted(group, key=lambda a: (a.seed, -1 if a.seed_b is None else a.seed_b))
+            for arms, group in groups.items()}
+
+
+def pair_label(arms: Sequence[str]) -> str:
+    """"a vs b" for two arms; for two seeds of one arm (the seed-to-seed baseline) "a: two seeds"."""
+    return f"{arms[0]}: two seeds" if len(arms) == 2 and arms[0] == arms[1] else PAIR_RULE.join(arms)
 
 
 def normalisation_groups(study: Study) -> list[tuple[str, str | None, list[str]]]:

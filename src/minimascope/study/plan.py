@@ -44,17 +44,23 @@ def study_nodes(spec: StudySpec, data: str, weights: str | None, weights_missing
         nodes += [_compare_node(spec, data, a, b, seed, seed) for a, b in pairs]
         for info in _rows(PER_RUN):
             chosen, options = spec.analyses.of(info.name, arms)
-            nodes += [_analysis_node(spec, info, options, data, [arm], seed) for arm in chosen]
+            nodes += [_analysis_node(spec, info, options, data, [arm], [seed]) for arm in chosen]
         for info in _rows(PER_PAIR):
             chosen, options = spec.analyses.of(info.name, arms)
             for a, b in pairs:
                 # same_inputs: no path between networks that see differently normalised inputs
                 if a != b and a in chosen and b in chosen and (not info.same_inputs or _same_inputs(spec, a, b)):
-                    nodes.append(_analysis_node(spec, info, options, data, [a, b], seed))
+                    nodes.append(_analysis_node(spec, info, options, data, [a, b], [seed, seed]))
+    seed_pairs = [(first, second) for i, first in enumerate(spec.seeds) for second in spec.seeds[i + 1:]]
     for arm in spec.analyses.across_seeds:
-        for i, first in enumerate(spec.seeds):
-            for second in spec.seeds[i + 1:]:
-                nodes.append(_compare_node(spec, data, arm, arm, first, second))
+        nodes += [_compare_node(spec, data, arm, arm, first, second) for first, second in seed_pairs]
+        # Two seeds of one arm start from different inits: the pair weight matching has work to do, and the
+        # seed-to-seed baseline of a barrier or of shared mistakes (one test set for every run).
+        for info in _rows(PER_PAIR):
+            chosen, options = spec.analyses.of(info.name, arms)
+            if arm in chosen:
+                nodes += [_analysis_node(spec, info, options, data, [arm, arm], [first, second])
+                          for first, second in seed_pairs]
     if len(spec.seeds) >= 2:
         planned = {node.id for node in nodes}
         for a, b in pairs:
@@ -105,16 +111,19 @@ def _compare_node(spec: StudySpec, data: str, a: str, b: str, seed_a: int, seed_
 
 
 def _analysis_node(spec: StudySpec, info: AnalysisInfo, options: dict[str, Any] | None, data: str,
-                   arms: list[str], seed: int) -> Node:
-    """An analysis of one run (one arm) or of a compared pair of runs (two arms) of one seed."""
+                   arms: list[str], seeds: list[int]) -> Node:
+    """An analysis of one run (one arm), of a compared pair of runs of one seed, or of two seeds of one arm."""
     folder = arms[0] if len(arms) == 1 else f"{arms[0]}_vs_{arms[1]}"
+    same_seed = len(set(seeds)) == 1
+    seed_text = f"seed{seeds[0]}" if same_seed else "-".join(f"seed{s}" for s in seeds)
+    labels: dict[str, Any] = {"seed": seeds[0]} if same_seed else {"seeds": seeds}
     return Node(
-        id=f"{info.name}:{':'.join(arms)}:seed{seed}", kind=info.name,
-        path=f"analyses/{info.name}/{folder}/seed{seed}",
-        params={"options": options, "run_paths": [f"runs/{arm}/seed{seed}" for arm in arms], "data": data,
-                "device": _device(spec, arms[0])},
-        labels={"arm": arms[0], "seed": seed} if len(arms) == 1 else {"arms": arms, "seed": seed},
-        depends_on=tuple(run_node_id(arm, seed) for arm in arms))
+        id=f"{info.name}:{':'.join(arms)}:{seed_text}", kind=info.name,
+        path=f"analyses/{info.name}/{folder}/{seed_text}",
+        params={"options": options, "run_paths": [f"runs/{arm}/seed{s}" for arm, s in zip(arms, seeds)],
+                "data": data, "device": _device(spec, arms[0])},
+        labels={"arm": arms[0], **labels} if len(arms) == 1 else {"arms": arms, **labels},
+        depends_on=tuple(dict.fromkeys(run_node_id(arm, s) for arm, s in zip(arms, seeds))))
 
 
 def _arm_pair_node(spec: StudySpec, info: AnalysisInfo, data: str, a: str, b: str, planned: set[str]) -> Node:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minimascope.report import figures
-from minimascope.report.text import PAIR_RULE, analysis_missing, cells
-from minimascope.report.views import by_arms
+from minimascope.report.text import analysis_missing, cells
+from minimascope.report.views import by_arms, pair_label
 
 if TYPE_CHECKING:
     from minimascope.report.page import Context
@@ -34,7 +34,7 @@ def build(ctx: Context) -> dict[str, Any]:
     for arms, analyses in by_arms(study.completed_analyses("connectivity")).items():
         results = [a.result for a in analyses]
         sizes |= {(r.n_train, r.n_test, r.settings.get("points", len(r.alphas))) for r in results}
-        label = PAIR_RULE.join(arms)
+        label = pair_label(arms)
         alphas = results[0].alphas
         same = [r for r in results if r.alphas == alphas]
         curves: dict[str, dict[str, np.ndarray]] = {}
@@ -53,6 +53,7 @@ def build(ctx: Context) -> dict[str, Any]:
                            for n_train, n_test, points in sorted(sizes)) or "?"
     return {
         "data_used": f"analyses/connectivity/<a>_vs_<b>/seed<k>/connectivity.json; {sizes_text} (class-balanced "
-                     f"subsets of the CIFAR-10 train and test sets); same-seed networks of the two arms",
+                     f"subsets of the CIFAR-10 train and test sets); same-seed networks of the two arms, and "
+                     f"two seeds of one arm (its seed-to-seed baseline, where weight matching has work to do)",
         "missing": analysis_missing(study, "connectivity"), "rows": rows, "figure": figure,
     }

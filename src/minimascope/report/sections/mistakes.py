@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minimascope.report import figures
-from minimascope.report.text import PAIR_RULE, analysis_missing, images_text, p_text
-from minimascope.report.views import by_arms
+from minimascope.report.text import analysis_missing, images_text, p_text
+from minimascope.report.views import by_arms, pair_label
 
 if TYPE_CHECKING:
     from minimascope.report.page import Context
@@ -30,11 +30,11 @@ def build(ctx: Context) -> dict[str, Any]:
     study = ctx.study
     rows, class_pairs, grids, sizes = [], [], [], set()
     for arms, analyses in by_arms(study.completed_analyses("mistakes")).items():
-        label = PAIR_RULE.join(arms)
+        label = pair_label(arms)
         for analysis in analyses:
             c = analysis.result
             sizes.add(c.n)
-            rows.append({"pair": label, "seed": analysis.seed, "n": c.n, "errors_a": c.errors_a,
+            rows.append({"pair": label, "seed": analysis.seed_text, "n": c.n, "errors_a": c.errors_a,
                          "errors_b": c.errors_b, "both": c.both_wrong, "expected": f"{c.expected_both_wrong:.1f}",
                          "only_a": c.only_a_wrong, "only_b": c.only_b_wrong,
                          "kappa": "—" if math.isnan(c.kappa) else f"{c.kappa:.3f}",
@@ -46,11 +46,14 @@ def build(ctx: Context) -> dict[str, Any]:
             label, first.class_names, arms[0], arms[1],
             np.mean([[k.error_rate_a for k in r.per_class] for r in same], axis=0),
             np.mean([[k.error_rate_b for k in r.per_class] for r in same], axis=0)))
-        for name, who in zip(GRIDS, arms):
-            source = analyses[0].path / name
+        first_pair = analyses[0]
+        networks = arms if first_pair.seed_b is None else (f"{arms[0]} seed {first_pair.seed}",
+                                                           f"{arms[1]} seed {first_pair.seed_b}")
+        for name, who in zip(GRIDS, networks):
+            source = first_pair.path / name
             if source.is_file():
                 grids.append({"src": ctx.copy(f"mistakes-{'_vs_'.join(arms)}-{name}", source), "pair": label,
-                              "seed": analyses[0].seed, "who": who})
+                              "seed": first_pair.seed_text, "who": who})
     figure = ctx.figure("mistakes-classes.svg", lambda path: figures.class_errors_figure(class_pairs, path)) \
         if class_pairs else None
     return {
