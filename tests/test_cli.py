@@ -76,3 +76,20 @@ def test_compare_bad_input_is_one_line(two_networks, cifar_source: str, tmp_path
     assert_one_line_error(compare(str(a), str(hundred), "--samples", "50", *common), "output classes")
     assert_one_line_error(compare(str(a), str(tmp_path / "missing.pt"), *common), "no run directory or weights file at")
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_bootstrap_writes_intervals_and_baselines(two_networks, cifar_source: str, tmp_path: Path) -> None:
+    from minimascope.bootstrap import read_bootstrap
+
+    a, b = two_networks
+    out = tmp_path / "boot"
+    result = compare(str(a), str(b), "--samples", "60", "--measures", "cka,cka_debiased,procrustes", "--layers",
+                     "layer1.0.conv1,fc", "--bootstrap", "20", "--data", cifar_source, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    boot = read_bootstrap(out / "bootstrap.json")
+    assert boot.layers == ("layer1.0.conv1", "fc") and (boot.n, boot.subsample, boot.resamples) == (60, 30, 20)
+    assert set(boot.values) == {"cka", "cka_debiased"}
+    diagonal = np.diag(np.asarray(json.loads((out / "cka.json").read_text())["values"]))
+    np.testing.assert_allclose(boot.values["cka"]["value"], diagonal, atol=1e-4)
+    assert_one_line_error(compare(str(a), str(b), "--samples", "60", "--measures", "procrustes", "--bootstrap", "20",
+                                  "--data", cifar_source, "--out", str(tmp_path / "o")), "bootstrap")

@@ -10,6 +10,11 @@ A comparison folder holds ``comparison.json``: which networks (path and sha256 o
 it compared, with which settings, and the measures written. A later comparison into the same
 folder may add measures for the same pair and settings; anything else is refused, as is a folder
 that is a run directory or holds files of something else, before any computation.
+
+With ``bootstrap`` > 0 the folder also holds ``bootstrap.json`` (:mod:`minimascope.bootstrap`): for
+layer i of A against the same-named layer of B, CKA's interval from resampling images and its
+shuffled-image baseline. It is not part of the folder's settings: a later comparison with a
+bootstrap rewrites it.
 """
 
 from __future__ import annotations
@@ -136,7 +141,7 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
                      measures: Sequence[str] = DEFAULT_MEASURES, samples: int = 10_000,
                      layers_a: Sequence[str] | None = None, layers_b: Sequence[str] | None = None,
                      layer_set: str = "conv_linear", policy: str = "flatten", data_source: str | None = None,
-                     device: str = "auto", batch_size: int = 500,
+                     device: str = "auto", batch_size: int = 500, bootstrap: int = 0,
                      progress: Progress | None = None) -> list[SimilarityMatrix]:
     """Compare every layer of network A with every layer of network B on ``samples`` CIFAR-10
     test images (a class-balanced subset when fewer than all) and write the results to ``out_dir``.
@@ -144,10 +149,15 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
     ``run_a``/``run_b``: run directories or weights/checkpoint files; the same path twice compares
     a network's layers with each other, computing its activations once. ``layers_b`` defaults to
     ``layers_a``, which defaults to :func:`minimascope.similarity.default_layers` of ``layer_set``.
+    ``bootstrap``: subsamples of images for CKA's interval per same-named layer pair (0: none).
     """
+    from minimascope import bootstrap as uncertainty
     from minimascope import data, models, similarity
     from minimascope.env import resolve_device
 
+    if bootstrap and (bootstrap < 2 or not set(measures) & set(uncertainty.BOOTSTRAP_MEASURES)):
+        raise MinimascopeError(f"bootstrap: {bootstrap} must be 0 (off) or at least 2 resamples with "
+                               f"{' or '.join(uncertainty.BOOTSTRAP_MEASURES)} among the measures")
     if samples < 1:
         raise MinimascopeError(f"samples must be at least 1, got {samples}")
     if policy not in similarity.POLICIES or layer_set not in similarity.LAYER_SETS:
@@ -192,10 +202,20 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
         model_a, inputs_a, model_b, inputs_b, layers_a=names_a, layers_b=names_b, measures=measures,
         batch_size=batch_size, device=torch_device, policy=policy, label_a=label_a, label_b=label_b,
         progress=progress)
+    result = None
+    if bootstrap:
+        shared = [name for name in names_a if name in names_b]
+        acts_a = similarity.collect_activations(model_a, inputs_a, shared, batch_size=batch_size,
+                                                device=torch_device, policy=policy)
+        acts_b = acts_a if same_run else similarity.collect_activations(
+            model_b, inputs_b, shared, batch_size=batch_size, device=torch_device, policy=policy)
+        result = uncertainty.bootstrap_layers(acts_a, acts_b, shared, measures, bootstrap, device=torch_device)
     with locked(out_dir, "comparison folder"):
         earlier = check_comparison_folder(out_dir, identity)  # again: another process may have written meanwhile
         measures_written = earlier + [m.measure for m in matrices if m.measure not in earlier]
         atomic_write_json(out_dir / COMPARISON_JSON, {"format": COMPARISON_FORMAT, **identity,
                                                       "measures": measures_written})
         write_similarity(matrices, out_dir)
+        if result is not None:
+            uncertainty.write_bootstrap(result, out_dir)
     return matrices

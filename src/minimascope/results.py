@@ -28,6 +28,7 @@ import numpy as np
 
 from minimascope import frames
 from minimascope.analyses import ANALYSES, PER_RUN
+from minimascope.bootstrap import BOOTSTRAP_JSON, BootstrapResult, read_bootstrap
 from minimascope.errors import MinimascopeError
 from minimascope.io import read_json
 from minimascope.runs import FINAL_WEIGHTS, RUN_JSON, read_metrics, read_run_json
@@ -83,6 +84,7 @@ class Comparison:
     reason: str | None
     path: Path
     matrices: dict[str, SimilarityMatrix] = field(default_factory=dict)  # measure → matrix
+    bootstrap: BootstrapResult | None = None  # bootstrap.json, when the comparison made one ("on these networks")
 
     @property
     def within(self) -> bool:
@@ -293,6 +295,11 @@ def _comparison(node: dict[str, Any], root: Path, measures: Iterable[str], missi
                             root / node.get("path", f"comparisons/{arm_a}_vs_{arm_b}/seed{seed}"))
     if comparison.status == "completed":
         comparison.matrices = _read_matrices(comparison.path, root, measures, missing)
+        if (comparison.path / BOOTSTRAP_JSON).is_file():
+            try:
+                comparison.bootstrap = read_bootstrap(comparison.path / BOOTSTRAP_JSON)
+            except MinimascopeError as exc:
+                missing.append(_missing(exc, root))
     return comparison
 
 

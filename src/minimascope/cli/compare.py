@@ -27,6 +27,8 @@ def compare_command(
     out: Optional[Path] = typer.Option(None, help="output folder (default: comparisons/<A>_vs_<B>)"),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda[:N]"),
     batch_size: int = typer.Option(500, help="images per forward pass"),
+    bootstrap: int = typer.Option(0, help="image subsamples for CKA intervals and shuffled-image baselines of "
+                                          "same-named layers, written to bootstrap.json (0: none)"),
 ) -> None:
     """Compare every layer of network A with every layer of network B on the CIFAR-10 test set."""
     from minimascope.compare import compare_networks
@@ -36,7 +38,8 @@ def compare_command(
         matrices = compare_networks(
             run_a, run_b, out_dir, measures=split_names(measures) or [], samples=samples,
             layers_a=split_names(layers), layers_b=split_names(layers_b), layer_set=layer_set, policy=policy,
-            data_source=data_source, device=device, batch_size=batch_size, progress=progress)
+            data_source=data_source, device=device, batch_size=batch_size, bootstrap=bootstrap,
+            progress=progress)
     for matrix in matrices:
         square = matrix.values.shape[0] == matrix.values.shape[1]
         diagonal = f", mean diagonal {matrix.values.diagonal().mean():.4f}" if square else ""

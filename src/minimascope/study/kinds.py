@@ -140,7 +140,8 @@ class CompareKind:
         out = study_dir / node.path
         compare_networks(run_a, run_b, out, measures=settings["measures"], samples=settings["samples"],
                          layer_set=settings["layer_set"], policy=settings["policy"],
-                         data_source=node.params["data"], device=node.params["device"])
+                         bootstrap=settings.get("bootstrap", 0), data_source=node.params["data"],
+                         device=node.params["device"])
         io.atomic_write_json(out / COMPARISON_JSON, {
             "format": COMPARISON_FORMAT, "key": node.key, "runs": node.params["run_paths"],
             "settings": settings, "finished": io.now()})

@@ -41,7 +41,7 @@ STUDY_KEYS = ("defaults", "seeds", "arms", "compare", "analyses")
 # Each analysis a study file names under ``analyses`` and the options of its function it may set.
 # Analyses of a pair of arms over all seeds are not named: ``across_seeds`` plans them.
 ANALYSIS_OPTIONS = {name: row.options for name, row in ANALYSES.items() if row.per != PER_ARM_PAIR}
-COMPARE_KEYS = ("measures", "samples", "pairs", "within", "layer_set", "policy")
+COMPARE_KEYS = ("measures", "samples", "pairs", "within", "layer_set", "policy", "bootstrap")
 # Set by the study itself, not by its file.
 NOT_IN_STUDY_FILE = {
     "seed": "seeds are given by the study's 'seeds' list",
@@ -76,6 +76,7 @@ class CompareSpec:
     within: bool | tuple[str, ...] = True
     layer_set: str = "conv_linear"
     policy: str = "flatten"
+    bootstrap: int = 0  # image subsamples for CKA intervals (minimascope.bootstrap); 0: none
 
     def pair_list(self, arms: list[str]) -> list[tuple[str, str]]:
         """Every compared (a, b), within-network comparisons (a, a) included, in a fixed order."""
@@ -88,7 +89,9 @@ class CompareSpec:
         return {"measures": list(self.measures), "samples": self.samples,
                 "pairs": self.pairs if self.pairs == "all" else [list(p) for p in self.pairs],
                 "within": self.within if isinstance(self.within, bool) else list(self.within),
-                "layer_set": self.layer_set, "policy": self.policy}
+                "layer_set": self.layer_set, "policy": self.policy,
+                # only when set, so that the keys of studies without it stay what they were
+                **({"bootstrap": self.bootstrap} if self.bootstrap else {})}
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,12 @@ def _compare(raw: Any, arms: dict[str, Arm], file: Path) -> CompareSpec:
     policy = raw.get("policy", CompareSpec.policy)
     if policy not in similarity.POLICIES:
         raise MinimascopeError(f"{where}: policy: must be one of {', '.join(similarity.POLICIES)}")
-    return CompareSpec(tuple(measures), samples, pairs, within, layer_set, policy)
+    bootstrap = raw.get("bootstrap", 0)
+    if not isinstance(bootstrap, int) or isinstance(bootstrap, bool) or bootstrap < 0 or bootstrap == 1:
+        raise MinimascopeError(f"{where}: bootstrap: must be 0 (off) or an integer >= 2, got {bootstrap!r}")
+    if bootstrap and not {"cka", "cka_debiased"} & set(measures):
+        raise MinimascopeError(f"{where}: bootstrap: needs cka or cka_debiased among the measures")
+    return CompareSpec(tuple(measures), samples, pairs, within, layer_set, policy, bootstrap)
 
 
 def _analyses(raw: Any, arms: dict[str, Arm], file: Path) -> AnalysesSpec:

@@ -53,6 +53,24 @@ def _heatmaps(ctx: Context, measure: str, ordered: Sequence[tuple[str, str]], mi
     return panels
 
 
+def bootstrap_tables(comparisons: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per compared pair and seed with a bootstrap.json: layer, value [low, high] and shuffled-image baseline per
+    measure (results.Comparison.bootstrap, read from the comparison folder)."""
+    tables = []
+    for comparison in comparisons:
+        result = comparison.bootstrap
+        if result is None:
+            continue
+        measures = list(result.values)
+        rows = [{"layer": layer, "cells": [
+            (f"{number(result.values[m]['value'][i], '{:.3f}')} [{number(result.values[m]['low'][i], '{:.3f}')}, "
+             f"{number(result.values[m]['high'][i], '{:.3f}')}]", number(result.values[m]["baseline"][i], "{:.3f}"))
+            for m in measures]} for i, layer in enumerate(result.layers)]
+        tables.append({"title": f"{comparison.label}, seed {comparison.seed}", "measures": measures, "rows": rows,
+                       "level": f"{result.level:.0%}", "method": result.method})
+    return tables
+
+
 def build(ctx: Context) -> dict[str, Any]:
     study = ctx.study
     pairs = study.pairs()
@@ -98,6 +116,7 @@ def build(ctx: Context) -> dict[str, Any]:
                      f" policy) through each run's final.pt; seeds {', '.join(map(str, study.seeds))}; "
                      f"{len(cross)} pairs of arms and {len(within)} networks compared with themselves",
         "missing": missing, "measures": measures, "profile": profile,
+        "bootstrap": bootstrap_tables(study.comparisons),
         "summary_measures": [m["measure"] for m in measures],
         "by_construction": sorted(seen["by_construction"]),
         "summary": [{"pair": label, "values": [number(values.get(m), "{:.3f}")
