@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,7 @@ from minimascope.errors import MinimascopeError
 from minimascope.fast_layers import fast_forward
 from minimascope.io import atomic_write_bytes, atomic_write_json, read_json, read_result_json
 from minimascope.minima.lanczos import TopEigenvalues, lanczos_top_eigenvalues, slq_density, smooth_density
+from minimascope.similarity.activations import evaluating
 
 SHARPNESS_FORMAT = "minimascope-sharpness-v3"
 OLDER_FORMATS = ("minimascope-sharpness-v1", "minimascope-sharpness-v2")  # without the |w|-scaled sharpness
@@ -64,18 +63,6 @@ DENSITY_POINTS, DENSITY_MARGIN, DENSITY_WIDTH, DENSITY_FLOOR = 400, 0.05, 0.01, 
 
 
 # ----------------------------------------------------------------------------- the loss Hessian of a network
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside; every module's own training flag restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 class LossHessian:
@@ -113,7 +100,7 @@ class LossHessian:
     def _gradients(self, start: int, stop: int) -> tuple[Tensor, ...]:
         x = self.images[start:stop].to(self.device, self.dtype)
         y = self.labels[start:stop].to(self.device)
-        with torch.enable_grad(), _eval_mode(self.model):
+        with torch.enable_grad(), evaluating(self.model):
             with fast_forward(double_backward=True):  # cheaper convolution double backward, same numbers
                 loss = F.cross_entropy(self.model(x), y)
             return torch.autograd.grad(loss, self.params, create_graph=True)
@@ -139,7 +126,7 @@ class LossHessian:
         loss, gradient = 0.0, torch.zeros(self.dim, dtype=torch.float64, device=self.device)
         for start, stop in self.batches:
             x = self.images[start:stop].to(self.device, self.dtype)
-            with torch.enable_grad(), _eval_mode(self.model):
+            with torch.enable_grad(), evaluating(self.model):
                 batch_loss = F.cross_entropy(self.model(x), self.labels[start:stop].to(self.device))
                 grads = torch.autograd.grad(batch_loss, self.params)
             loss += batch_loss.item() * (stop - start) / n

@@ -38,7 +38,7 @@ def check_layer_names(model: nn.Module, names: Sequence[str]) -> None:
 
 
 @contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
+def evaluating(model: nn.Module) -> Iterator[None]:
     """Eval mode for the duration, restoring each module's own mode afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -98,7 +98,7 @@ def _forward_order(model: nn.Module, example_input: Tensor) -> list[str]:
 
     handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in model.named_modules() if name]
     try:
-        with _evaluating(model), torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(example_input)
     finally:
         for handle in handles:
@@ -143,7 +143,7 @@ def _iter_activations(model: nn.Module, inputs: Tensor, layers: Sequence[str], *
                       device: str | torch.device, policy: str) -> Iterator[list[Tensor]]:
     """Per batch, the activations of ``layers`` (in that order), in eval mode without gradients."""
     model.to(device)
-    with capture_activations(model, layers, policy) as store, _evaluating(model):
+    with capture_activations(model, layers, policy) as store, evaluating(model):
         for start, stop in _batch_bounds(inputs.shape[0], batch_size):
             store.clear()
             # no_grad only around the forward: a grad-mode context held across ``yield`` leaks

@@ -40,13 +40,13 @@ def build(ctx: Context) -> dict[str, Any]:
                          "kappa": "—" if math.isnan(c.kappa) else f"{c.kappa:.3f}",
                          "p_more": p_text(c.p_value_more_overlap, fisher_smallest_p(c.n, c.errors_a, c.errors_b)),
                          "mcnemar": p_text(c.mcnemar.p_value, c.mcnemar.smallest_attainable_p)})
-        first = analyses[0].result
+        first_pair = analyses[0]
+        first = first_pair.result
         same = [a.result for a in analyses if a.result.class_names == first.class_names]
         class_pairs.append(figures.ClassErrors(
             label, first.class_names, arms[0], arms[1],
             np.mean([[k.error_rate_a for k in r.per_class] for r in same], axis=0),
             np.mean([[k.error_rate_b for k in r.per_class] for r in same], axis=0)))
-        first_pair = analyses[0]
         networks = arms if first_pair.seed_b is None else (f"{arms[0]} seed {first_pair.seed}",
                                                            f"{arms[1]} seed {first_pair.seed_b}")
         for name, who in zip(GRIDS, networks):
