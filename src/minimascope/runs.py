@@ -27,6 +27,7 @@ INITIAL_WEIGHTS = "initial.pt"  # same payload as final.pt, before epoch 1
 STEPS_CSV = "steps.csv"  # epoch, step, time_s: every training step of a completed run
 PREDICTIONS = "predictions.pt"
 PREDICTIONS_FORMAT = "minimascope-predictions-v1"
+SNAPSHOTS = "snapshots"  # snapshots/epoch-0004.pt: the weights every k epochs (snapshot_every), final.pt's payload
 # Files a run writes atomically, whose killed writes leave temporaries to clean up on resume.
 RUN_FILES = (RUN_JSON, METRICS_CSV, CHECKPOINT, FINAL_WEIGHTS, INITIAL_WEIGHTS, PREDICTIONS, STEPS_CSV)
 METRIC_COLUMNS = (
@@ -66,6 +67,17 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:
             return [{k: (float(v) if v != "" else None) for k, v in row.items()} for row in csv.DictReader(f)]
     except OSError as exc:
         raise MinimascopeError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
+    return Path(run_dir) / SNAPSHOTS / f"epoch-{epoch:04d}.pt"
+
+
+def snapshot_paths(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """The weight snapshots a run kept, as (epoch, path) in epoch order (none unless ``snapshot_every``)."""
+    folder = Path(run_dir) / SNAPSHOTS
+    found = [(int(p.stem.removeprefix("epoch-")), p) for p in folder.glob("epoch-[0-9][0-9][0-9][0-9].pt")]
+    return sorted(found)
 
 
 def read_predictions(run_dir: str | Path) -> dict[str, Any]:
