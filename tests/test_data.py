@@ -12,7 +12,7 @@ from minimascope import data
 from minimascope.errors import MinimascopeError
 
 
-def assert_loaded(cifar: data.Cifar10, expected: dict[str, np.ndarray]) -> None:
+def assert_loaded(cifar: data.ImageData, expected: dict[str, np.ndarray]) -> None:
     for name, array in expected.items():
         assert np.array_equal(getattr(cifar, name).numpy(), array), name
 

@@ -174,7 +174,7 @@ def test_large_maps_and_groups_keep_torchs_convolution() -> None:
         assert torch.equal(out, conv(small))
 
 
-def test_resnet18_float64_matches_torch() -> None:
+def test_resnet18_float64_matches_torch(one_thread) -> None:
     # the study's network on CIFAR-sized input: 8x8 ... 1x1 maps, both routes, batch norm, ReLU, max pool
     images, labels = data((4, 3, 32, 32), classes=10)
     torch_result, fast = compare_with_torch(lambda: torchvision.models.resnet18(num_classes=10), images, labels)
@@ -182,3 +182,59 @@ def test_resnet18_float64_matches_torch() -> None:
     for a, b in zip(torch_result["grads"], fast["grads"]):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     assert_same_second_order(torch_result["products"], fast["products"])
+
+
+class Relu6Sigmoid(nn.Module):
+    """Hard sigmoid written another way, through relu6 (hardtanh), which torch differentiates twice."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.relu6(x + 3) / 6
+
+
+def test_hessian_steps_through_hard_sigmoid_any_registry_network(one_thread) -> None:
+    # torch has no double backward for hard sigmoid: torchvision:mobilenet_v3_small (squeeze-excitation,
+    # depthwise convs, hardswish, a one-channel stem, maps down to 1x1) takes Hessian steps only through
+    # fast_forward, with the numbers of the same network whose hard sigmoids are relu6(x + 3) / 6.
+    from minimascope.models import build_model
+
+    images, labels = data((2, 1, 24, 24), classes=3)
+
+    def network(hard_sigmoid: type[nn.Module]) -> nn.Module:
+        torch.manual_seed(0)
+        net = build_model("torchvision:mobilenet_v3_small", 3, in_channels=1).double()
+        for name, module in list(net.named_modules()):
+            if isinstance(module, nn.Hardsigmoid):
+                parent, _, child = name.rpartition(".")
+                setattr(net.get_submodule(parent), child, hard_sigmoid())
+        net.classifier[2].eval()  # its dropout: the same function in both
+        return net
+
+    with pytest.raises(RuntimeError, match="hardsigmoid_backward is not implemented"):
+        first_and_second_order(network(nn.Hardsigmoid), images, labels, fast=False)
+    reference = first_and_second_order(network(Relu6Sigmoid), images, labels, fast=False)
+    fast = first_and_second_order(network(nn.Hardsigmoid), images, labels, fast=True)
+    torch.testing.assert_close(fast["out"], reference["out"], rtol=1e-10, atol=1e-12)
+    assert_same_second_order(reference["products"], fast["products"])
+
+
+def test_hessian_steps_through_attention() -> None:
+    # the fused attention kernels have no double backward; the math one torch keeps as a reference does
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.attention(x, x, x, need_weights=False)[0].mean(1))
+
+    images, labels = data((4, 5, 8))
+    torch.manual_seed(0)
+    net = Attention().double()
+    with sdpa_kernel(SDPBackend.MATH):
+        reference = first_and_second_order(net, images, labels, fast=False)
+    fast = first_and_second_order(net, images, labels, fast=True)
+    torch.testing.assert_close(fast["out"], reference["out"], rtol=1e-12, atol=1e-12)
+    assert_same_second_order(reference["products"], fast["products"])

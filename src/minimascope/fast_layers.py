@@ -1,4 +1,5 @@
-"""Faster forward and double backward for the layers of ResNets, with the same numbers up to rounding.
+"""Faster forward and double backward for the layers of ResNets (and a double backward where torch has none),
+with the same numbers up to rounding.
 
 Two kinds of waste, both large for CIFAR-sized images through an ImageNet-style ResNet, whose last
 stages see 2x2 and 1x1 feature maps:
@@ -14,6 +15,11 @@ stages see 2x2 and 1x1 feature maps:
   a plain backward uses. Batch norm's takes ~45 small element-wise ops per layer; here ~11 fused
   passes over the activation.
 
+Two of torch's kernels have no double backward at all, so a Hessian step through them fails: hard sigmoid
+(MobileNetV3's squeeze-excitation) and the fused attention kernels behind ``scaled_dot_product_attention``
+(ViT's self-attention, also where ``multi_head_attention_forward`` calls it, out of a mode's reach). For Hessian
+steps hard sigmoid is written here as the formula it computes, and attention runs on torch's math kernel.
+
 ``fast_forward()`` routes a forward pass through these. With ``double_backward=False`` (first-order
 training) only small-map convolutions change; the second-derivative rules are for Hessian steps:
 their forward values, running statistics and first-order gradients come from torch's own kernels
@@ -22,6 +28,7 @@ their forward values, running statistics and first-order gradients come from tor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -29,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def _channel_sum(t: Tensor) -> Tensor:
@@ -256,10 +264,30 @@ def _as_list(value: int | tuple[int, ...] | list[int], dims: int) -> list[int]:
     return [value] * dims if isinstance(value, int) else list(value)
 
 
+def _hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor | None:
+    """Hard sigmoid as aten computes it, min(max(x + 3, 0), 6) / 6, in differentiable ops."""
+    return None if inplace else torch.clamp(input + 3, 0, 6) / 6
+
+
+_SECOND_ORDER_FORMULAS = {F.hardsigmoid: _hardsigmoid}
+
+
 class _FastForwardMode(torch.overrides.TorchFunctionMode):
     def __init__(self, double_backward: bool) -> None:
         super().__init__()
         self.double_backward = double_backward
+        self.contexts = contextlib.ExitStack()
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if self.double_backward:
+            self.contexts.enter_context(sdpa_kernel(SDPBackend.MATH))
+        return super().__enter__()
+
+    def __exit__(self, *exc_info) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().__exit__(*exc_info)
+        finally:
+            self.contexts.close()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -269,13 +297,15 @@ class _FastForwardMode(torch.overrides.TorchFunctionMode):
             out = _convolution(func, second_order, *args, **kwargs)
         elif func is F.batch_norm and second_order:
             out = _fast_batch_norm(*args, **kwargs)
+        elif func in _SECOND_ORDER_FORMULAS and second_order:
+            out = _SECOND_ORDER_FORMULAS[func](*args, **kwargs)
         return func(*args, **kwargs) if out is None else out
 
 
 def fast_forward(*, double_backward: bool) -> torch.overrides.TorchFunctionMode:
     """Context manager for a forward pass: convolutions of maps smaller than their kernel become dense
     matrix products; with ``double_backward=True`` (a Hessian step), convolutions and training-mode
-    batch norm also get the cheaper second derivative. Usage::
+    batch norm also get the cheaper second derivative, and hard sigmoid and attention one at all. Usage::
 
         with fast_forward(double_backward=optimizer.needs_create_graph()):
             loss = criterion(model(x), y)
