@@ -11,7 +11,7 @@ DATA := $(if $(wildcard $(SHARED_DATA)),$(abspath $(SHARED_DATA)))
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,zoo]'
 	touch $@
 
 # The default run downloads nothing: the pretrained arms run when MINIMASCOPE_IMAGENET_WEIGHTS names
@@ -26,7 +26,10 @@ test: $(VENV)/installed
 bench: $(VENV)/installed
 	$(BIN)/python benchmarks/train_throughput.py $(if $(DATA),--data $(DATA))
 	$(BIN)/python benchmarks/adahessian_step.py
+	$(BIN)/python benchmarks/optimizer_step.py
 	$(BIN)/python benchmarks/similarity.py
 	$(BIN)/python benchmarks/sharpness.py $(if $(DATA),--data $(DATA))
 	$(BIN)/python benchmarks/study_overhead.py $(if $(DATA),--data $(DATA))
 	$(BIN)/python benchmarks/report.py
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[bench]'
+	$(BIN)/python benchmarks/landscape.py $(if $(DATA),--data $(DATA))

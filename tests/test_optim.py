@@ -1,4 +1,6 @@
-"""Value-level tests of minimascope.optim: Hutchinson helpers, AdaHessian updates, state, factory."""
+"""Value-level tests of minimascope.optim: Hutchinson helpers, AdaHessian updates and state, the registry
+(every torch.optim optimizer step for step against torch's own class), SAM and ASAM against their closed
+forms, Muon's split."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import torch
 from torch import nn
 
 from helpers import conv_bn_net
+from minimascope import optim
 from minimascope.curvature import block_statistic, hessian_vector_product, hutchinson_diagonal, rademacher_like
 from minimascope.fast_layers import fast_forward
-from minimascope.optim import OPTIMIZERS, AdaHessian, build_optimizer, needs_create_graph
+from minimascope.optim import needs_create_graph
+from minimascope.optim.adahessian import AdaHessian
 
 BETAS = (0.9, 0.999)
 
@@ -462,18 +466,72 @@ def test_bad_hyperparameters_raise(kwargs: dict, match: str) -> None:
             opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))], **group_kwargs})
 
 
-def test_build_optimizer() -> None:
-    assert OPTIMIZERS == ("sgd", "adahessian")
-    params = [nn.Parameter(torch.zeros(2))]
-    sgd = build_optimizer("sgd", params, lr=0.1, weight_decay=5e-4, momentum=0.8, nesterov=True)
-    assert type(sgd) is torch.optim.SGD
+# ----------------------------------------------------------------------------- the registry
+
+
+TORCH_ENTRIES = {name: entry.builder.partition(":")[2] for name, entry in optim.REGISTRY.items()
+                 if entry.source == "torch.optim"}
+# Where the registry's defaults are not torch's: the study's SGD.
+NOT_TORCH_DEFAULTS = {("sgd", "lr"), ("sgd", "momentum"), ("sgd", "weight_decay")}
+
+
+class ConvBnNet(nn.Module):
+    """conv -> batch norm -> conv -> linear: a first layer, a hidden conv kernel, norms, a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, 3, 3)
+        self.norm = nn.BatchNorm2d(3)
+        self.hidden = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.hidden(torch.relu(self.norm(self.stem(x))))).flatten(1))
+
+
+def test_every_torch_optimizer_is_registered_with_torchs_defaults() -> None:
+    """Every optimizer class of torch.optim but SparseAdam (sparse gradients only) and LBFGS (full-batch line
+    searches, a closure evaluated many times a step) by its lower-case name, with torch's defaults."""
+    import inspect
+
+    classes = {n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
+               and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)} - {"Optimizer", "SparseAdam", "LBFGS"}
+    assert set(TORCH_ENTRIES.values()) == classes - {"Muon"} and {n.lower() for n in classes} <= set(optim.names())
+    for name, cls in TORCH_ENTRIES.items():
+        signature = inspect.signature(getattr(torch.optim, cls)).parameters
+        for option, default in optim.REGISTRY[name].defaults().items():
+            assert option in signature, (name, option)
+            if (name, option) not in NOT_TORCH_DEFAULTS:
+                assert default == signature[option].default, (name, option)
+
+
+@pytest.mark.parametrize("name", TORCH_ENTRIES)
+def test_create_steps_as_torchs_own_class(name: str) -> None:
+    """Bit-identical to torch's class with the same hyperparameters, over a few steps of a conv net."""
+    batches = make_batches(3)
+    ours, theirs = ConvBnNet(), ConvBnNet()
+    given = {"weight_decay": 1e-2} if "weight_decay" in optim.REGISTRY[name].defaults() else {}
+    opt = optim.create(name, ours.named_parameters(), lr=0.01, **given)
+    reference = getattr(torch.optim, TORCH_ENTRIES[name])(theirs.parameters(),
+                                                           **optim.resolved(name, {"lr": 0.01, **given}))
+    assert type(opt) is type(reference)
+    for model, o in ((ours, opt), (theirs, reference)):
+        train(model, o, batches)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_sgd_from_the_registry_is_the_studys() -> None:
+    sgd = optim.create("sgd", [nn.Parameter(torch.zeros(2))], nesterov=True)
     group = sgd.param_groups[0]
-    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.1, 0.8, True, 5e-4)
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.01, 0.95, True, 5e-4)
     assert needs_create_graph(sgd) is False
 
-    ada = build_optimizer(
-        "adahessian", params, lr=0.15, weight_decay=1e-3, update_every=2, block_stat="signed_mean", n_samples=3
-    )
+
+def test_adahessian_from_the_registry() -> None:
+    ada = optim.create("adahessian", [nn.Parameter(torch.zeros(2))], weight_decay=1e-3, update_every=2,
+                       block_stat="signed_mean", hessian_samples=3)
     assert isinstance(ada, AdaHessian)
     group = ada.param_groups[0]
     assert (group["lr"], group["weight_decay"], group["block_stat"]) == (0.15, 1e-3, "signed_mean")
@@ -481,5 +539,156 @@ def test_build_optimizer() -> None:
     assert (ada.update_every, ada.n_samples) == (2, 3)
     assert needs_create_graph(ada) is True
 
-    with pytest.raises(ValueError, match="sgd, adahessian"):
-        build_optimizer("adam", params, lr=0.1, weight_decay=0.0)
+
+@pytest.mark.parametrize(("name", "args", "message"), [
+    ("adam", {"momentum": 0.9}, "adam takes no option 'momentum'"),
+    ("sam", {"rho": 0.1, "base": "adahessian"}, "base of sam must be one of"),
+    ("sam", {"base": "sgd", "amsgrad": True}, "sam takes no option 'amsgrad'"),
+    ("nope", {}, "optimizer: unknown 'nope'"),
+    ("torch.optim:Nope", {}, "torch.optim has no 'Nope'"),
+    ("no_such_module:Opt", {}, "cannot import no_such_module"),
+    ("sam", {"rho": -1.0}, "rho must be >= 0"),
+])
+def test_bad_options_are_one_error(name: str, args: dict, message: str) -> None:
+    from minimascope.errors import MinimascopeError
+
+    with pytest.raises(MinimascopeError, match=message):
+        optim.create(name, [nn.Parameter(torch.zeros(2))], **args)
+
+
+def test_an_imported_class_takes_its_init_arguments() -> None:
+    params = [nn.Parameter(torch.ones(2))]
+    opt = optim.create("torch.optim:RAdam", params, lr=0.5, decoupled_weight_decay=True)
+    assert type(opt) is torch.optim.RAdam and opt.param_groups[0]["lr"] == 0.5
+    entry = optim.lookup("torch.optim:RAdam")
+    assert entry.source == "torch.optim:RAdam" and entry.defaults()["eps"] == 1e-8 and not entry.needs_closure
+
+
+# ----------------------------------------------------------------------------- SAM and ASAM
+
+
+def sam_step(name: str, params: list[nn.Parameter], loss_fn, **args) -> list[torch.Tensor]:
+    """One SAM step as the training loop takes it; returns the weights the closure saw (w + e)."""
+    opt = optim.create(name, params, lr=0.1, momentum=0.0, weight_decay=0.0, **args)
+    seen = []
+
+    def closure() -> torch.Tensor:
+        seen.extend(p.detach().clone() for p in params)
+        loss = loss_fn(params)
+        loss.backward()
+        return loss
+
+    loss_fn(params).backward()
+    opt.step(closure)
+    return seen
+
+
+def test_sam_step_is_its_closed_form_on_a_quadratic() -> None:
+    params, a = quadratic_params()
+    w = [p.detach().clone() for p in params]
+    seen = sam_step("sam", params, lambda ps: quadratic_loss(ps, a), rho=0.05)
+    g = [ai * wi for ai, wi in zip(a, w)]
+    norm = torch.sqrt(sum((gi**2).sum() for gi in g))  # one norm over every parameter
+    perturbed = [wi + 0.05 * gi / norm for wi, gi in zip(w, g)]
+    expected = [wi - 0.1 * ai * pi for wi, ai, pi in zip(w, a, perturbed)]  # SGD with the gradient at w + e
+    for got, want in zip(seen, perturbed):
+        torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-15)
+    for p, want in zip(params, expected):
+        torch.testing.assert_close(p.detach(), want, rtol=1e-14, atol=1e-15)
+
+
+def test_asam_step_is_its_closed_form_and_sees_through_a_rescaling() -> None:
+    """ASAM's e = rho T² g / ‖T g‖ with T = |w| + eta; with eta = 0 the perturbed point of f(s ⊙ v) at
+    v = w / s is (w + e) / s: the same function value, which SAM's is not."""
+    params, a = quadratic_params()
+    w = [p.detach().clone() for p in params]
+    seen = sam_step("asam", params, lambda ps: quadratic_loss(ps, a), rho=0.5, eta=0.01)
+    g = [ai * wi for ai, wi in zip(a, w)]
+    t = [wi.abs() + 0.01 for wi in w]
+    norm = torch.sqrt(sum(((ti * gi) ** 2).sum() for ti, gi in zip(t, g)))
+    perturbed = [wi + 0.5 * ti * ti * gi / norm for wi, ti, gi in zip(w, t, g)]
+    for got, want in zip(seen, perturbed):
+        torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-15)
+    for p, wi, ai, pi in zip(params, w, a, perturbed):
+        torch.testing.assert_close(p.detach(), wi - 0.1 * ai * pi, rtol=1e-14, atol=1e-15)
+
+    scales = [torch.full_like(wi, 10.0) ** torch.arange(wi.numel(), dtype=wi.dtype).remainder(3).view(wi.shape)
+              for wi in w]
+
+    def perturbed_loss(name: str, rescaled: bool) -> torch.Tensor:
+        s = scales if rescaled else [torch.ones_like(wi) for wi in w]
+        vs = [nn.Parameter(wi / si) for wi, si in zip(w, s)]
+        seen = sam_step(name, vs, lambda ps: quadratic_loss([p * si for p, si in zip(ps, s)], a), eta=0.0)
+        return quadratic_loss([v * si for v, si in zip(seen, s)], a)
+
+    torch.testing.assert_close(perturbed_loss("asam", True), perturbed_loss("asam", False), rtol=1e-12, atol=0)
+    assert not torch.isclose(perturbed_loss("sam", True), perturbed_loss("sam", False), rtol=1e-3)
+
+
+def test_sam_updates_batch_norm_statistics_on_the_first_pass_only() -> None:
+    from minimascope.train import _loss_and_gradients
+
+    images, labels = make_batches(1)[0]
+    model, reference = ConvBnNet(), ConvBnNet()
+    opt = optim.create("sam", model.named_parameters(), base="adamw", rho=0.05)
+    nn.functional.cross_entropy(model(images), labels).backward()
+    opt.step(lambda: _loss_and_gradients(model, images, labels))
+    reference(images)  # one training-mode pass at w
+    for name, buffer in reference.norm.named_buffers():
+        assert torch.equal(getattr(model.norm, name), buffer), name
+    assert model.norm.track_running_stats and int(model.norm.num_batches_tracked) == 1
+    assert not torch.equal(model.hidden.weight, reference.hidden.weight)  # it did step
+
+
+# ----------------------------------------------------------------------------- Muon
+
+
+def test_muon_takes_the_hidden_layers_and_adamw_the_rest() -> None:
+    """The hidden conv kernel, flattened, by torch.optim.Muon; the first conv, the norm, the biases and the
+    classifier by AdamW: the same numbers as the two torch optimizers on those parameters by hand."""
+    batches = make_batches(3)
+    model, reference = ConvBnNet(), ConvBnNet()
+    opt = optim.create("muon", model.named_parameters(), weight_decay=0.01)
+    assert optim.describe(opt) == {"split": {
+        "muon": ["hidden.weight"],
+        "adamw": ["stem.weight", "stem.bias", "norm.weight", "norm.bias", "hidden.bias", "head.weight", "head.bias"]}}
+    flat = nn.Parameter(reference.hidden.weight.detach().clone().view(4, -1))
+    muon = torch.optim.Muon([flat], lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.01)
+    others = [p for n, p in reference.named_parameters() if n != "hidden.weight"]
+    adamw = torch.optim.AdamW(others, lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.01)
+    train(model, opt, batches)
+    for images, labels in batches:
+        with torch.no_grad():
+            reference.hidden.weight.copy_(flat.view_as(reference.hidden.weight))
+        nn.functional.cross_entropy(reference(images), labels).backward()
+        flat.grad = reference.hidden.weight.grad.view(4, -1)
+        muon.step()
+        adamw.step()
+        for o in (muon, adamw):
+            o.zero_grad()
+        reference.zero_grad()
+    with torch.no_grad():
+        reference.hidden.weight.copy_(flat.view_as(reference.hidden.weight))
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(a, b), name
+    # a schedule reaches both groups
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, [1], 0.1)
+    opt.step()
+    scheduler.step()
+    assert [g["lr"] for g in opt.muon.param_groups + opt.adamw.param_groups] == pytest.approx([0.002, 1e-4])
+
+
+def test_a_pytorch_optimizer_class_by_import_path() -> None:
+    """minimascope[zoo]: pytorch_optimizer's Lion by import path; its first step from zero momentum is
+    w - lr · sign(g) (Chen et al. 2023), weight decay 0."""
+    pytest.importorskip("pytorch_optimizer")
+    from minimascope.config import TrainConfig
+
+    config = TrainConfig(optimizer="pytorch_optimizer:Lion", lr=0.1, weight_decay=0.0)
+    params, a = quadratic_params()
+    w = [p.detach().clone() for p in params]
+    opt = optim.create(config.optimizer, params, **config.optimizer_hyperparameters())
+    quadratic_loss(params, a).backward()
+    opt.step()
+    for p, wi, ai in zip(params, w, a):
+        torch.testing.assert_close(p.detach(), wi - 0.1 * torch.sign(ai * wi))

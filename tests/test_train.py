@@ -128,7 +128,8 @@ def test_yaml_config_with_command_line_overrides(cifar_source: str, tmp_path: Pa
     ("optimiser: sgd\n", "unknown key 'optimiser' (did you mean 'optimizer'?)"),
     ("epochs: many\n", "epochs must be an int"),
     ("betas: [0.9]\n", "betas must be 2 numbers"),
-    ("optimizer: adam\n", "optimizer: unknown 'adam'"),
+    ("optimizer: adamm\n", "optimizer: unknown 'adamm' (did you mean 'adam'?)"),
+    ("optimizer: sam\noptimizer_args: [rho]\n", "optimizer_args must be a mapping of option names to values"),
     ("lr: [0.1\n", "bad YAML in"),
     ("- 1\n- 2\n", "must hold a mapping"),
 ])
@@ -228,3 +229,110 @@ def test_a_seed_changes_only_what_it_names(cifar_source: str) -> None:
     keys = {config.key("data", None) for config in (small_config(cifar_source), small_config(cifar_source, seed=1),
                                                      small_config(cifar_source, data_seed=1))}
     assert len(keys) == 3
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+
+def test_the_studys_optimizers_keep_their_run_keys() -> None:
+    """Keys of sgd and adahessian configs as before the registry (finished studies resume): the fields added
+    since (optimizer_args, snapshot_every) are left out at their defaults."""
+    assert TrainConfig(optimizer="sgd").hash() == "d8ea42b845e37434"
+    assert TrainConfig(optimizer="adahessian").hash() == "95ec63011e0ef2fc"
+    assert TrainConfig(optimizer="adahessian", update_every=2, hessian_samples=3, coupled_weight_decay=True,
+                       block_stat="signed_mean").hash() == "9308110fda222e06"
+    assert TrainConfig(optimizer="sgd", snapshot_every=5).hash() == "d8ea42b845e37434"
+    assert "optimizer_args" not in TrainConfig().to_dict() and "snapshot_every" not in TrainConfig().to_dict()
+    sam = TrainConfig(optimizer="sam", optimizer_args={"rho": 0.1})
+    assert sam.to_dict()["optimizer_args"] == {"rho": 0.1} and sam.hash() != TrainConfig(optimizer="sam").hash()
+
+
+def test_optimizer_options_resolve_to_the_optimizers_defaults() -> None:
+    adam = TrainConfig(optimizer="adam")
+    assert (adam.lr, adam.betas, adam.eps, adam.weight_decay, adam.momentum, adam.epochs) == (
+        1e-3, (0.9, 0.999), 1e-8, 0.0, None, 200)
+    assert adam.optimizer_hyperparameters() == {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+    sam = TrainConfig(optimizer="sam", optimizer_args={"base": "adamw", "rho": 0.1}, lr=0.01)
+    assert sam.optimizer_hyperparameters() == {"lr": 0.01, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01,
+                                               "base": "adamw", "rho": 0.1}
+    ada = TrainConfig(optimizer="adahessian", seed=7)
+    assert ada.optimizer_hyperparameters()["seed"] == 7 and ada.momentum == 0.95  # the study's configs hold all
+    assert TrainConfig.from_mapping(sam.to_dict()).hash() == sam.hash()
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--optimizer", "adam", "--momentum", "0.9"], "momentum: adam does not take momentum"),
+    (["--optimizer", "sam", "--optimizer-arg", "rhoo=0.1"], "sam takes no option 'rhoo' (did you mean 'rho'?)"),
+    (["--optimizer", "sam", "--optimizer-arg", "lr=0.1"], "lr is a training option: give it as lr"),
+    (["--optimizer", "adafactor", "--eps", "0.1"], "adafactor's eps means something else"),
+    (["--optimizer-arg", "rho"], "--optimizer-arg: expected KEY=VALUE, got 'rho'"),
+    (["--optimizer", "torch.optim:RAdam", "--optimizer-arg", "foo=1"], "torch.optim:RAdam takes no option 'foo'"),
+    (["--seed", "-1"], "seed: must be in 0..2**63-1, got -1"),
+    (["--data-seed", str(2**63)], "data_seed: must be in 0..2**63-1"),
+])
+def test_bad_optimizer_options_are_one_line_before_the_data(tmp_path: Path, args: list[str], pattern: str) -> None:
+    result = invoke("train", *args, "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, pattern)
+    assert not (tmp_path / "run").exists()
+
+
+class _Interrupt(KeyboardInterrupt):
+    pass
+
+
+class _StopAfterEpoch:
+    """A progress that interrupts the run once an epoch's checkpoint is written: in-process, a run that dies
+    there (a kill) leaves what resume starts from."""
+
+    def __init__(self, epoch: int) -> None:
+        self.last = epoch
+
+    def start(self, first_epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        pass
+
+    def step(self, loss: float) -> None:
+        pass
+
+    def epoch(self, row: dict) -> None:
+        if row["epoch"] == self.last:
+            raise _Interrupt
+
+
+def _small_net(arch: str, num_classes: int = 10, seed: int | None = None, **_: object) -> torch.nn.Module:
+    """A first conv, batch norm, a hidden conv and a classifier: every kind of parameter Muon splits, at a
+    fraction of resnet18's cost (whose resume the slow test above checks)."""
+    from torch import nn
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed or 0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 8, 3, stride=2),
+                             nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+@pytest.mark.parametrize("optimizer, args", [
+    ("sgd", {}), ("adamw", {}), ("sam", {"base": "sgd", "rho": 0.05}), ("muon", {}), ("adahessian", {}),
+])
+def test_interrupted_run_resumes_bit_identical(cifar_source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               optimizer: str, args: dict) -> None:
+    """Every optimizer's state, the schedule and the RNGs come back from the checkpoint (a small network in
+    the real loop); the weight snapshots of the epochs before the interruption are kept."""
+    monkeypatch.setattr(models, "build_model", _small_net)
+    config = small_config(cifar_source, optimizer=optimizer, optimizer_args=args, epochs=3, train_subset=60,
+                          test_subset=20, batch_size=20, eval_batch_size=20, snapshot_every=2, milestones=(2,))
+    straight = train(config, tmp_path / "straight")
+    with pytest.raises(_Interrupt):
+        train(config, tmp_path / "resumed", progress=_StopAfterEpoch(2))
+    assert runs.read_run_json(tmp_path / "resumed")["epochs_completed"] == 2
+    snapshot = (tmp_path / "resumed" / "snapshots" / "epoch-0002.pt").read_bytes()
+    resumed = train(config, tmp_path / "resumed", resume=True)
+    assert resumed["final"] == straight["final"] and resumed["optimizer"] == straight["optimizer"]
+    final = io.load_torch_file(tmp_path / "straight" / "final.pt")["state_dict"]
+    for run in ("straight", "resumed"):
+        weights = io.load_torch_file(tmp_path / run / "final.pt")["state_dict"]
+        assert all(torch.equal(final[k], weights[k]) for k in final), run
+        assert [epoch for epoch, _ in runs.snapshot_paths(tmp_path / run)] == [2]
+    assert (tmp_path / "resumed" / "snapshots" / "epoch-0002.pt").read_bytes() == snapshot
+    if optimizer == "muon":
+        assert straight["optimizer"]["split"] == {"muon": ["3.weight"],
+                                                  "adamw": ["0.weight", "0.bias", "1.weight", "1.bias", "3.bias",
+                                                            "7.weight", "7.bias"]}

@@ -1,7 +1,8 @@
 """The configuration of one training run: every field with its help text, the study's defaults,
 validation at the edge, and the run's identity by content.
 
-This module imports no torch, so a mistake in the options is reported before the slow imports.
+This module imports no torch (nor does the optimizer registry it checks against, unless the optimizer is an
+import path), so a mistake in the options is reported before the slow imports.
 """
 
 from __future__ import annotations
@@ -14,18 +15,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from minimascope import optim
 from minimascope.errors import MinimascopeError
 from minimascope.io import digest
+from minimascope.optim import BLOCK_STATS
 
-OPTIMIZERS = ("sgd", "adahessian")
 ARCHITECTURES = ("resnet18", "resnet18-cifar")
-BLOCK_STATS = ("abs_mean", "signed_mean")  # AdaHessian's conv-window statistics (curvature.block_statistic)
-# The study's hyperparameters (chosen by 5-fold validation on the training set).
-PAPER_DEFAULTS = {"sgd": {"lr": 0.01, "epochs": 360}, "adahessian": {"lr": 0.15, "epochs": 160}}
-# Fields that change where or how fast a run goes, not what it computes.
-NOT_HASHED = ("device", "eval_batch_size")
+# The fields that set the optimizer's hyperparameters where it takes them (optim.options says which).
+OPTIMIZER_FIELDS = ("lr", "momentum", "nesterov", "weight_decay", "betas", "eps", "hessian_power", "update_every",
+                    "block_stat", "hessian_samples", "coupled_weight_decay")
+# The study's hyperparameters (chosen by 5-fold validation on the training set); lr is the registry's default.
+PAPER_DEFAULTS = {"sgd": {"lr": optim.REGISTRY["sgd"].defaults()["lr"], "epochs": 360},
+                  "adahessian": {"lr": optim.REGISTRY["adahessian"].defaults()["lr"], "epochs": 160}}
+DEFAULT_EPOCHS = 200  # of any other optimizer
+# The study's optimizers fill every optimizer field, the other's default where one does not take it: their
+# configs held all of them before the registry, and their run keys still do.
+PAPER_FILL = {name: value for entry in ("adahessian", "sgd") for name, value in optim.REGISTRY[entry].defaults().items()
+              if name in OPTIMIZER_FIELDS}
+# Fields that change where or how fast a run goes, or what it keeps on the side, not what it computes.
+NOT_HASHED = ("device", "eval_batch_size", "snapshot_every")
 # Fields naming files: a run's identity holds their content's key instead of the path.
 PATH_FIELDS = ("data", "weights", "init_from")
+# Fields added after runs were first keyed: in to_dict() only when set, so that the records and keys of
+# configs that leave them alone stay what they were.
+ADDED_FIELDS = {"optimizer_args": {}, "snapshot_every": 0}
+SEED_LIMIT = 2**63  # torch seeds a generator with a 64-bit signed integer
 
 
 def _option(default: Any, help: str) -> Any:
@@ -36,24 +50,33 @@ def _option(default: Any, help: str) -> Any:
 class TrainConfig:
     """Every option of ``minimascope train``; the same names are the keys of a YAML config."""
 
-    optimizer: str = _option("sgd", "sgd or adahessian")
+    optimizer: str = _option("sgd", "a registered optimizer (see: minimascope optimizers) or an import path "
+                                     "module:Class, e.g. torch.optim:RAdam")
+    optimizer_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "the optimizer's other options, e.g. {base: sgd, rho: 0.05} for sam (CLI: --optimizer-arg KEY=VALUE)"})
     arch: str = _option(
         "resnet18", "resnet18 (ImageNet stem, as in the study) or resnet18-cifar (3x3 stem, no max-pool)")
-    epochs: int | None = _option(None, "epochs to train (default: 360 for sgd, 160 for adahessian)")
+    epochs: int | None = _option(None, f"epochs to train (default: 360 for sgd, 160 for adahessian, "
+                                       f"{DEFAULT_EPOCHS} for others)")
     batch_size: int = _option(256, "training batch size")
-    lr: float | None = _option(None, "learning rate (default: 0.01 for sgd, 0.15 for adahessian)")
-    momentum: float = _option(0.95, "SGD momentum")
-    nesterov: bool = _option(False, "SGD with Nesterov momentum")
-    weight_decay: float = _option(
-        5e-4, "weight decay (SGD: L2 in the gradient; AdaHessian: decoupled unless --coupled-weight-decay)")
-    betas: tuple[float, float] = _option((0.9, 0.999), "AdaHessian moving-average coefficients, e.g. 0.9,0.999")
-    eps: float = _option(1e-4, "AdaHessian denominator epsilon")
-    hessian_power: float = _option(1.0, "AdaHessian Hessian power k in (0, 1]")
-    update_every: int = _option(1, "AdaHessian: estimate the Hessian diagonal every k steps")
-    block_stat: str = _option("abs_mean", "AdaHessian conv-window statistic: abs_mean or signed_mean")
-    hessian_samples: int = _option(1, "AdaHessian Hutchinson probes per Hessian step")
-    coupled_weight_decay: bool = _option(
-        False, "AdaHessian: add weight decay to the gradient (L2) instead of decoupling it")
+    lr: float | None = _option(None, "learning rate (default: the optimizer's; 0.01 for sgd, 0.15 for adahessian)")
+    momentum: float | None = _option(None, "momentum, where the optimizer takes it (default: the optimizer's; "
+                                           "0.95 for sgd)")
+    nesterov: bool | None = _option(None, "Nesterov momentum, where the optimizer takes it (default: the optimizer's)")
+    weight_decay: float | None = _option(
+        None, "weight decay, as the optimizer applies it (sgd: L2 in the gradient, 5e-4; adahessian: decoupled unless "
+              "--coupled-weight-decay, 5e-4; default: the optimizer's)")
+    betas: tuple[float, float] | None = _option(
+        None, "moving-average coefficients, e.g. 0.9,0.999, where the optimizer takes them (default: the optimizer's)")
+    eps: float | None = _option(None, "denominator epsilon, where the optimizer takes it (default: the optimizer's; "
+                                      "1e-4 for adahessian)")
+    hessian_power: float | None = _option(None, "AdaHessian Hessian power k in (0, 1] (default: 1)")
+    update_every: int | None = _option(None, "AdaHessian: estimate the Hessian diagonal every k steps (default: 1)")
+    block_stat: str | None = _option(
+        None, "AdaHessian conv-window statistic: abs_mean (default) or signed_mean")
+    hessian_samples: int | None = _option(None, "AdaHessian Hutchinson probes per Hessian step (default: 1)")
+    coupled_weight_decay: bool | None = _option(
+        None, "AdaHessian: add weight decay to the gradient (L2) instead of decoupling it (default: off)")
     milestones: tuple[float, ...] = _option(
         (0.5, 0.75), "MultiStepLR milestones: fractions of the run (<1) or epochs, e.g. 0.5,0.75")
     gamma: float = _option(0.1, "MultiStepLR factor")
@@ -79,15 +102,11 @@ class TrainConfig:
                          "(1 or 3 numbers), e.g. 1e-4,1,1000")
     device: str = _option("auto", "auto (cuda when present), cpu or cuda[:N]")
     eval_batch_size: int = _option(1000, "batch size for evaluation")
+    snapshot_every: int = _option(0, "keep the weights every k epochs in snapshots/ (0: none), for trajectories")
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise MinimascopeError(f"optimizer: unknown {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.arch not in ARCHITECTURES:
             raise MinimascopeError(f"arch: unknown {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-        defaults = PAPER_DEFAULTS[self.optimizer]
-        self.epochs = defaults["epochs"] if self.epochs is None else self.epochs
-        self.lr = defaults["lr"] if self.lr is None else self.lr
         self.weights = str(self.weights) if self.weights is not None else None
         self.init_from = str(self.init_from) if self.init_from is not None else None
         self.data = str(self.data) if self.data is not None else None
@@ -95,29 +114,35 @@ class TrainConfig:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "update_every": self.update_every,
                     "hessian_samples": self.hessian_samples, "eval_batch_size": self.eval_batch_size}
         for name, value in positive.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise MinimascopeError(f"{name}: must be at least 1, got {value}")
         for name in ("train_subset", "test_subset", "folds"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise MinimascopeError(f"{name}: must be at least 1, got {value}")
+        for name in ("seed", "data_seed"):
+            if not 0 <= getattr(self, name) < SEED_LIMIT:
+                raise MinimascopeError(f"{name}: must be in 0..2**63-1, got {getattr(self, name)}")
         if self.val_size < 0:
             raise MinimascopeError(f"val_size: must be at least 0, got {self.val_size}")
+        if self.snapshot_every < 0:
+            raise MinimascopeError(f"snapshot_every: must be at least 0 (0: no snapshots), got {self.snapshot_every}")
         if self.folds is not None and self.val_size:
             raise MinimascopeError("val_size: give either val_size or folds, not both")
         if self.folds is not None and not (self.folds >= 2 and 0 <= self.fold < self.folds):
             raise MinimascopeError(f"fold: must be in 0..{self.folds - 1} with folds >= 2")
         for name in ("lr", "weight_decay", "momentum", "eps"):
-            if not getattr(self, name) >= 0:
-                raise MinimascopeError(f"{name}: must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise MinimascopeError(f"{name}: must be >= 0, got {value}")
         if not self.gamma > 0:
             raise MinimascopeError(f"gamma: must be > 0, got {self.gamma}")
         # AdaHessian's own checks, here so that they fail before any data are loaded.
-        if not 0 < self.hessian_power <= 1:
+        if self.hessian_power is not None and not 0 < self.hessian_power <= 1:
             raise MinimascopeError(f"hessian_power: must be in (0, 1], got {self.hessian_power}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if self.betas is not None and (len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)):
             raise MinimascopeError(f"betas: must be two numbers in [0, 1), got {','.join(map(str, self.betas))}")
-        if self.block_stat not in BLOCK_STATS:
+        if self.block_stat is not None and self.block_stat not in BLOCK_STATS:
             raise MinimascopeError(f"block_stat: unknown {self.block_stat!r}; choose one of {', '.join(BLOCK_STATS)}")
         if any(m <= 0 for m in self.std_multiplier):
             raise MinimascopeError(f"std_multiplier: must be positive, got {self.std_multiplier}")
@@ -125,7 +150,43 @@ class TrainConfig:
             raise MinimascopeError("init_from: start either from ImageNet weights or from another run, not both")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise MinimascopeError(f"device: expected auto, cpu or cuda[:N], got {self.device!r}")
+        self._resolve_optimizer()
         milestone_epochs(self.milestones, self.epochs)  # validates
+
+    def _resolve_optimizer(self) -> None:
+        """Check the optimizer and its options against the registry (or the class an import path names), and
+        fill each optimizer field left out with the optimizer's default (None where it does not take it)."""
+        optim.check_args(self.optimizer, self.optimizer_args, OPTIMIZER_FIELDS)
+        taken, takes_any = optim.options(self.optimizer, self.optimizer_args)
+        paper = PAPER_DEFAULTS.get(self.optimizer)
+        for name in OPTIMIZER_FIELDS:
+            hyperparameter = taken.get(name)
+            value = getattr(self, name)
+            if hyperparameter is not None and not hyperparameter.field:
+                if value is not None and not paper:
+                    raise MinimascopeError(f"{name}: {self.optimizer}'s {name} means something else; give it in "
+                                           f"optimizer_args")
+                hyperparameter = None
+            if value is None and hyperparameter is not None:
+                if hyperparameter.default is optim.REQUIRED:
+                    raise MinimascopeError(f"{name}: {self.optimizer} has no default {name}; give one")
+                setattr(self, name, hyperparameter.default)
+            elif value is None and paper:
+                setattr(self, name, PAPER_FILL[name])
+            elif value is not None and hyperparameter is None and not paper and not takes_any:
+                raise MinimascopeError(f"{name}: {self.optimizer} does not take {name}; it takes "
+                                       f"{', '.join(taken) or 'no options'}")
+        if self.epochs is None:
+            self.epochs = paper["epochs"] if paper else DEFAULT_EPOCHS
+
+    def optimizer_hyperparameters(self) -> dict[str, Any]:
+        """The keyword arguments of ``optim.create(self.optimizer, ...)``: the optimizer fields it takes, its
+        ``optimizer_args`` and, for an optimizer with a ``seed`` (AdaHessian's probes), the run's seed."""
+        taken, takes_any = optim.options(self.optimizer, self.optimizer_args)
+        fields = {name: getattr(self, name) for name in OPTIMIZER_FIELDS
+                  if (name in taken and taken[name].field) or (takes_any and getattr(self, name) is not None)}
+        seed = {"seed": self.seed} if "seed" in taken and "seed" not in self.optimizer_args else {}
+        return {**fields, **seed, **self.optimizer_args}
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
@@ -142,7 +203,9 @@ class TrainConfig:
         return cls(**converted)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        values = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
+                if not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
 
     def hash(self) -> str:
         """A digest of what the run computes, from its options alone (paths left out)."""
@@ -186,6 +249,10 @@ def convert_value(key: str, value: Any, annotation: str, source: str) -> Any:
         if base == "float" and not math.isfinite(number):
             raise bad("a finite number")
         return number
+    if base == "dict[str, Any]":
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise bad("a mapping of option names to values")
+        return {k.replace("-", "_"): v for k, v in value.items()}
     if base == "str":
         if isinstance(value, (str, Path)):
             return str(value)

@@ -2,9 +2,9 @@
 estimates of the Hessian diagonal and of the trace, and the kernel-window statistics AdaHessian applies
 to the diagonal.
 
-Only torch (and the option names of config): the optimizer (``minimascope.optim``) and the analyses of a
-minimum (``minimascope.minima.sharpness``) share these, so a Hessian-vector product is computed one way
-everywhere.
+Only torch (and the names of AdaHessian's window statistics, from the optimizer registry): AdaHessian
+(``minimascope.optim.adahessian``) and the analyses of a minimum (``minimascope.minima.sharpness``) share
+these, so a Hessian-vector product is computed one way everywhere.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from minimascope.config import BLOCK_STATS
 from minimascope.errors import MinimascopeError
+from minimascope.optim import BLOCK_STATS
 
 _BITS_PER_CODE = 8  # one random byte gives the signs of eight entries
 

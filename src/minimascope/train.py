@@ -1,9 +1,11 @@
 """One training run: config, loop, schedule, metrics, checkpoints, resume and divergence.
 
-The loop asks the optimizer whether the coming step needs ``create_graph=True`` (AdaHessian's
-Hessian steps do), so first- and second-order optimizers share it unchanged. After every epoch
-a checkpoint with the model, optimizer, scheduler and every RNG state is written atomically;
-resuming from it gives bit-identical weights on the CPU to a run that was never interrupted.
+The optimizer comes from the registry (:mod:`minimascope.optim`). The loop asks it whether the coming
+step needs ``create_graph=True`` (AdaHessian's Hessian steps do), and hands a closure to the optimizers that
+evaluate the loss again (SAM), so every optimizer shares one loop. With ``snapshot_every`` k the weights of
+every k-th epoch are kept in ``snapshots/``. After every epoch a checkpoint with the model, optimizer,
+scheduler and every RNG state is written atomically; resuming from it gives bit-identical weights on the
+CPU to a run that was never interrupted.
 
 The run directory is locked (:func:`minimascope.io.locked`) while a process writes it, so two
 processes never mix one run. A loss (train, validation or test) that stops being finite ends the
@@ -13,6 +15,8 @@ run as ``diverged``; only a run whose every loss stayed finite is ``completed``.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 import statistics
 import time
@@ -30,6 +34,7 @@ from minimascope import data, fast_layers, io, models, optim, runs
 from minimascope.config import NOT_HASHED, TrainConfig, milestone_epochs
 from minimascope.env import environment, resolve_device
 from minimascope.errors import MinimascopeError
+from minimascope.optim.sam import running_statistics_frozen
 
 CHECKPOINT_FORMAT = "minimascope-checkpoint-v1"
 
@@ -153,12 +158,12 @@ class _Run:
         elif config.init_from:
             models.init_from_run(self.model, config.arch, config.init_from)
         self.model.to(device)
-        self.optimizer = optim.build_optimizer(
-            config.optimizer, self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-            momentum=config.momentum, nesterov=config.nesterov, betas=config.betas, eps=config.eps,
-            hessian_power=config.hessian_power, update_every=config.update_every, block_stat=config.block_stat,
-            n_samples=config.hessian_samples, decoupled_weight_decay=not config.coupled_weight_decay, seed=config.seed,
-        )
+        entry, hyperparameters = optim.lookup(config.optimizer), config.optimizer_hyperparameters()
+        self.needs_closure = entry.needs_closure
+        self.optimizer = optim.create(config.optimizer, self.model.named_parameters(), **hyperparameters)
+        self.optimizer_record = {"name": config.optimizer, "source": entry.source,  # run.json's "optimizer"
+                                 "hyperparameters": _as_json(optim.resolved(config.optimizer, hyperparameters)),
+                                 **optim.describe(self.optimizer)}
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestone_epochs(config.milestones, config.epochs), config.gamma)
         self.generator = torch.Generator().manual_seed(config.seed)  # data order and augmentation
@@ -235,8 +240,23 @@ class _Run:
         return {"median": statistics.median(times), "mean": statistics.fmean(times), "n": len(times)} if times else {}
 
 
+def _as_json(values: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters as run.json holds them: a value JSON cannot hold (an imported class's default) as its repr."""
+    return json.loads(json.dumps(values, default=repr))
+
+
 class Diverged(Exception):
     """A loss stopped being finite; the argument names which."""
+
+
+def _loss_and_gradients(model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The closure of an optimizer that evaluates the loss again (SAM, at its perturbed weights): the batch's
+    loss and its gradients at the current weights, batch-norm running statistics left as the step's first
+    forward pass set them."""
+    with running_statistics_frozen(model), fast_layers.fast_forward(double_backward=False):
+        loss = F.cross_entropy(model(batch), target)
+    loss.backward()
+    return loss
 
 
 @torch.enable_grad()  # whatever grad mode the caller left on
@@ -258,7 +278,10 @@ def _train_epoch(run: _Run, progress: TrainProgress | None) -> dict[str, float]:
         if not math.isfinite(loss_value):
             raise Diverged("train loss")
         loss.backward(create_graph=create_graph)
-        optimizer.step()
+        if run.needs_closure:
+            optimizer.step(functools.partial(_loss_and_gradients, model, batch, target))
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # also frees any second-order graph at once
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
@@ -309,6 +332,8 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
     for name in runs.RUN_FILES:
         for stale in run_dir.glob(io.temporary_name_pattern(name)):
             stale.unlink(missing_ok=True)
+    for stale in (run_dir / runs.SNAPSHOTS).glob(io.temporary_name_pattern("epoch-*.pt")):
+        stale.unlink(missing_ok=True)
 
 
 def _warn_colliding_milestones(config: TrainConfig) -> None:
@@ -360,7 +385,7 @@ def _train_loop(run: _Run, progress: TrainProgress | None, fresh: bool) -> dict[
     config, run_dir = run.config, run.run_dir
     run.record = {"format": runs.RUN_FORMAT, "status": "running", "config": config.to_dict(), "key": run.key,
                   **environment(run.device), "started": io.now(), "epochs_completed": run.epoch,
-                  "test_set": describe_test_set(run.splits.test_index)}
+                  "test_set": describe_test_set(run.splits.test_index), "optimizer": run.optimizer_record}
     run.write_record()  # first: from here on the folder is a run that --resume continues
     if fresh:
         io.atomic_torch_save(run_dir / runs.INITIAL_WEIGHTS, run.weights())
@@ -392,6 +417,9 @@ def _train_loop(run: _Run, progress: TrainProgress | None, fresh: bool) -> dict[
                 row["epoch_time_s"] = time.perf_counter() - started
                 run.epoch += 1
                 run.history.append(row)
+                if config.snapshot_every and run.epoch % config.snapshot_every == 0:
+                    # before the checkpoint: a run killed between the two redoes this epoch and writes it again
+                    io.atomic_torch_save(runs.snapshot_path(run_dir, run.epoch), run.weights())
                 run.save_checkpoint()
                 run.write_metrics()
                 for name, value in row.items():

@@ -22,11 +22,30 @@ def _option_type(annotation: str) -> type:
     return {"int": int, "float": float, "bool": bool}.get(base, str)
 
 
+def parse_optimizer_args(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items as a mapping, each value read as YAML (``rho=0.05``: a number, ``adaptive=true``:
+    a boolean, ``base=sgd``: a string)."""
+    import yaml
+
+    args = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        if not equals or not key.strip():
+            raise MinimascopeError(f"--optimizer-arg: expected KEY=VALUE, got {item!r}")
+        try:
+            args[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise MinimascopeError(f"--optimizer-arg {key}: {text!r} is not a YAML value") from None
+    return args
+
+
 def _train_parameters() -> list[inspect.Parameter]:
     """One ``--option`` per TrainConfig field, all defaulting to None ("not given"), so YAML
     values stand unless the command line names them."""
     parameters = []
     for f in dataclasses.fields(TrainConfig):
+        if f.name == "optimizer_args":  # a mapping: --optimizer-arg KEY=VALUE, repeated
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = _option_type(f.type)
         decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
@@ -86,6 +105,9 @@ def train_command(
     out: Optional[Path] = typer.Option(
         None, "--out", help="run directory (default: runs/<optimizer>-<arch>-seed<seed>-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out (a finished run is left as it is)"),
+    optimizer_arg: Optional[list[str]] = typer.Option(
+        None, "--optimizer-arg", help="an option of the optimizer as KEY=VALUE (VALUE read as YAML), e.g. "
+                                      "--optimizer-arg rho=0.05; repeat for more (see: minimascope optimizers NAME)"),
     **options: Any,
 ) -> None:
     """Train one network on CIFAR-10 into a run directory (metrics, checkpoints, final weights).
@@ -95,13 +117,18 @@ def train_command(
     """
     values = read_yaml_mapping(config) if config else {}
     values.update({k: v for k, v in options.items() if v is not None})
+    if optimizer_arg:
+        given = values.get("optimizer_args") or {}
+        if isinstance(given, dict):  # else from_mapping names the YAML's mistake
+            values["optimizer_args"] = {**given, **parse_optimizer_args(optimizer_arg)}
     train_config = TrainConfig.from_mapping(values, source=str(config) if config else "option")
     if resume and out is None:
         raise MinimascopeError("--resume needs --out RUN_DIR")
     from minimascope.train import train  # the heavy imports, once the options are known to be good
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = out or Path("runs") / f"{train_config.optimizer}-{train_config.arch}-seed{train_config.seed}-{stamp}"
+    name = train_config.optimizer.replace(":", ".")  # an import path: no colon in the folder's name
+    run_dir = out or Path("runs") / f"{name}-{train_config.arch}-seed{train_config.seed}-{stamp}"
     progress = RichTrainProgress()
     try:
         record = train(train_config, run_dir, resume=resume, progress=progress, data_progress=progress.decode)

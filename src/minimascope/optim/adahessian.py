@@ -1,10 +1,8 @@
-"""Optimizers compared by minimascope: SGD and AdaHessian.
-
-AdaHessian (Yao et al., "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning", AAAI 2021)
-is Adam with the squared gradient replaced by a squared, window-averaged Hutchinson estimate of the
-Hessian diagonal. The estimate and the window statistic come from ``minimascope.curvature``
-(``hutchinson_diagonal``, ``block_statistic``), which the loss-landscape analyses share; the forward
-pass of a Hessian step is cheaper inside ``minimascope.fast_layers.fast_forward(double_backward=True)``.
+"""AdaHessian (Yao et al., "ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning", AAAI 2021):
+Adam with the squared gradient replaced by a squared, window-averaged Hutchinson estimate of the Hessian
+diagonal. The estimate and the window statistic come from ``minimascope.curvature`` (``hutchinson_diagonal``,
+``block_statistic``), which the loss-landscape analyses share; the forward pass of a Hessian step is cheaper
+inside ``minimascope.fast_layers.fast_forward(double_backward=True)``.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from minimascope.config import OPTIMIZERS
 from minimascope.curvature import BLOCK_STATS, block_dims, block_statistic, hutchinson_diagonal
 
 
@@ -230,31 +227,10 @@ class AdaHessian(torch.optim.Optimizer):
         torch._foreach_addcdiv_(params, m, denom, [-lr / (1.0 - beta1 ** state["step"]) for state in states])
 
 
-def build_optimizer(
-    name: str,
-    params: Iterable[Tensor] | Iterable[dict[str, Any]],
-    *,
-    lr: float,
-    weight_decay: float,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-    **adahessian_options: Any,
-) -> torch.optim.Optimizer:
-    """The optimizer called ``name`` (one of ``OPTIMIZERS``).
-
-    ``sgd`` is ``torch.optim.SGD`` with coupled weight decay, as torch applies it, and ignores
-    ``adahessian_options``; ``adahessian`` takes them as :class:`AdaHessian`'s keyword arguments
-    (betas, eps, hessian_power, update_every, block_stat, n_samples, decoupled_weight_decay, seed)
-    and ignores momentum and nesterov.
-    """
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-    if name == "adahessian":
-        return AdaHessian(params, lr=lr, weight_decay=weight_decay, **adahessian_options)
-    raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
-
-
-def needs_create_graph(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the next ``optimizer.step()`` needs ``loss.backward(create_graph=True)``."""
-    method = getattr(optimizer, "needs_create_graph", None)
-    return bool(method()) if callable(method) else False
+def build(params: Iterable[Tensor] | Iterable[dict[str, Any]], *, lr: float, betas: tuple[float, float], eps: float,
+          weight_decay: float, hessian_power: float, update_every: int, block_stat: str, hessian_samples: int,
+          coupled_weight_decay: bool, seed: int) -> AdaHessian:
+    """The registry's builder: the training options' names for :class:`AdaHessian`'s arguments."""
+    return AdaHessian(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                      hessian_power=hessian_power, update_every=update_every, block_stat=block_stat,
+                      n_samples=hessian_samples, decoupled_weight_decay=not coupled_weight_decay, seed=seed)
