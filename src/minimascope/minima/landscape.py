@@ -1,0 +1,433 @@
+"""The picture of a minimum: loss and accuracy on a line or a plane of weights around a network.
+
+Three kinds of surface, their axes from :mod:`minimascope.minima.directions`:
+
+* ``random`` — around one network along filter-normalised random directions drawn from ``seed`` (Li et al.
+  2018): x, y in [−span, span], where 1 moves every filter of every conv and linear weight by its own norm.
+* ``plane`` — the plane through three networks A, B, C (Garipov et al. 2018): origin A, x along B − A, y
+  orthogonal to it towards C; coordinates are distances in parameter space.
+* ``trajectory`` — the plane of the top two principal directions of a run's saved weights minus its final
+  ones (Li et al. 2018, Fig. 9), the final network at the origin, the path of the saved weights drawn on it.
+
+How a point is evaluated (batch norm: ``recompute`` or ``eval``) is :mod:`minimascope.minima.landscape_points`.
+
+``landscape.json`` (format ``minimascope-landscape-v1``): ``x``, ``y`` (one row, y = [0], for a line),
+``train_loss`` and ``train_accuracy`` as rows = y and columns = x, the test values when asked, ``images``,
+``seed``, ``bn``, ``directions`` (what the axes are), ``points`` (the marked networks with their values) and
+``trajectory``. A loss that is not finite (far from the network its outputs can overflow) is written as
+null and read back as +inf: the loss is unbounded there; figures clip it. :func:`read_landscape` checks
+types, shapes and ranges and names a damaged file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from minimascope.errors import MinimascopeError
+from minimascope.io import atomic_write_json, read_result_json
+from minimascope.minima.directions import floating_entries
+from minimascope.minima.landscape_figures import CONTOUR_PNG, SURFACE_PNG, write_figures
+from minimascope.minima.landscape_points import (
+    BN_MODES,
+    DEFAULT_BATCH_SIZE,
+    METRICS,
+    PointEvaluator,
+    PointValues,
+    Progress,
+    check_grid,
+    evaluate_grid,
+    grid_around,
+)
+
+LANDSCAPE_FORMAT = "minimascope-landscape-v1"
+LANDSCAPE_JSON = "landscape.json"
+LANDSCAPE_FILES = (LANDSCAPE_JSON, CONTOUR_PNG, SURFACE_PNG)  # what an output folder of landscape holds
+KINDS = ("random", "plane", "trajectory")
+
+# ----------------------------------------------------------------------------- a surface
+
+
+@dataclass(frozen=True)
+class MarkedPoint:
+    """A network marked on the surface, at its coordinates, with its own values (evaluated there exactly)."""
+
+    label: str
+    x: float
+    y: float
+    values: PointValues
+
+
+@dataclass(frozen=True)
+class Landscape:
+    kind: str  # one of KINDS
+    dims: int
+    x: list[float]
+    y: list[float]  # [0.0] for a line
+    values: dict[str, list[list[float]] | None]  # METRICS → rows (y) of columns (x); test ones None unless asked
+    images: int
+    test_images: int | None
+    seed: int
+    bn: str
+    directions: dict[str, Any]  # what the axes are: kind-specific description and numbers
+    points: list[MarkedPoint]
+    trajectory: list[dict[str, float]] | None = None  # {"epoch", "x", "y"} in epoch order
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_loss(self) -> list[list[float]]:
+        return self.values["train_loss"]  # type: ignore[return-value]
+
+    def centre_loss(self) -> float:
+        """The training loss at the first marked point (the network itself, or A of a plane)."""
+        return self.points[0].values.train_loss
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": LANDSCAPE_FORMAT,
+            "kind": self.kind,
+            "dims": self.dims,
+            "x": self.x,
+            "y": self.y,
+            **{metric: None if rows is None else [[_json_number(v) for v in row] for row in rows]
+               for metric, rows in self.values.items()},
+            "images": self.images,
+            "test_images": self.test_images,
+            "seed": self.seed,
+            "bn": self.bn,
+            "bn_meaning": BN_MEANING[self.bn],
+            "directions": self.directions,
+            "points": [{"label": p.label, "x": p.x, "y": p.y,
+                        **{m: _json_number(getattr(p.values, m)) for m in METRICS}} for p in self.points],
+            "trajectory": self.trajectory,
+            "non_finite": "a loss written as null was not finite (the outputs overflowed): read as +inf",
+            "settings": self.settings,
+        }
+
+
+BN_MEANING = {
+    "recompute": "batch-norm statistics recomputed at every point from the training images of the surface "
+                 "(one train-mode pass over all of them); test images evaluated with those statistics",
+    "eval": "batch norm in eval mode with running statistics",
+}
+
+
+def _json_number(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def random_surface(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor] | None = None, *,
+                   grid: int = 21, span: float = 1.0, dims: int = 2, seed: int = 0, bn: str = "recompute",
+                   batch_size: int = DEFAULT_BATCH_SIZE, device: torch.device | str = "cpu", label: str = "network",
+                   progress: Progress | None = None) -> Landscape:
+    """Loss and accuracy of ``model`` on a line (``dims`` 1) or plane of ``grid`` points per axis in
+    [−span, span] along filter-normalised random directions drawn from ``seed`` (see module doc)."""
+    from minimascope.minima.directions import parameter_names, random_directions
+
+    check_grid(grid, span, dims, bn)
+    origin = floating_entries(model.state_dict())
+    axes = random_directions(origin, parameter_names(model), seed, dims)
+    evaluator = PointEvaluator(model, origin, axes, train, test, bn=bn, batch_size=batch_size, device=device)
+    xs = torch.linspace(-span, span, grid, dtype=torch.float64).tolist()
+    ys = xs if dims == 2 else [0.0]
+    values = evaluate_grid(evaluator, xs, ys, dims, progress)
+    centre = MarkedPoint(label, 0.0, 0.0, evaluator((0.0, 0.0)[:dims]))
+    directions = {"kind": "random", "normalisation": "filter",
+                  "meaning": "Gaussian directions drawn from the seed, each filter (slice along the first "
+                             "dimension) of each conv and linear weight rescaled to that filter's norm in the "
+                             "weights; biases, batch-norm parameters and buffers left out (zero)",
+                  "units": "1 = every filter moved by its own norm", "span": span}
+    return Landscape("random", dims, xs, ys, values, len(train[1]), _count(test), seed, bn, directions, [centre])
+
+
+def plane_surface(models: Sequence[nn.Module], labels: Sequence[str], train: tuple[Tensor, Tensor],
+                  test: tuple[Tensor, Tensor] | None = None, *, grid: int = 21, margin: float = 0.25,
+                  bn: str = "recompute", batch_size: int = DEFAULT_BATCH_SIZE, device: torch.device | str = "cpu",
+                  progress: Progress | None = None) -> Landscape:
+    """The plane through three networks A, B, C of one architecture (see module doc), on a grid covering the
+    three with ``margin`` of their extent on each side; each network marked with its own values."""
+    from minimascope.minima.directions import parameter_names, plane_axes
+
+    check_grid(grid, 1.0, 2, bn)
+    if len(models) != 3 or len(labels) != 3:
+        raise MinimascopeError("a plane is drawn through exactly three networks")
+    states = [m.state_dict() for m in models]
+    if any(s.keys() != states[0].keys() or any(s[k].shape != states[0][k].shape for k in s) for s in states[1:]):
+        raise MinimascopeError("the three networks have different architectures")
+    plane = plane_axes(*states, parameter_names(models[0]))
+    evaluator = PointEvaluator(models[0], states[0], plane.axes, train, test, bn=bn, batch_size=batch_size,
+                               device=device)
+    xs, ys = grid_around(plane.points, grid, margin)
+    values = evaluate_grid(evaluator, xs, ys, 2, progress)
+    points = [MarkedPoint(label, x, y, evaluator((x, y))) for label, (x, y) in zip(labels, plane.points)]
+    directions = {"kind": "plane", "origin": labels[0], "x_axis": f"{labels[1]} − {labels[0]}",
+                  "y_axis": f"{labels[2]} − {labels[0]}, made orthogonal to the x axis (Gram–Schmidt)",
+                  "meaning": "orthonormal axes over the parameters; buffers (running statistics) follow the same "
+                             "combination of the three networks",
+                  "units": "distance in parameter space", "margin": margin}
+    return Landscape("plane", 2, xs, ys, values, len(train[1]), _count(test), 0, bn, directions, points)
+
+
+def trajectory_surface(model: nn.Module, states: Sequence[Mapping[str, Tensor]], epochs: Sequence[int],
+                       train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor] | None = None, *, grid: int = 21,
+                       margin: float = 0.25, bn: str = "recompute", batch_size: int = DEFAULT_BATCH_SIZE,
+                       device: torch.device | str = "cpu", label: str = "final",
+                       progress: Progress | None = None) -> Landscape:
+    """The surface on the top two principal directions of ``states`` (the saved weights at ``epochs``) minus
+    ``model``'s (the final network, at the origin), covering the projected path with ``margin``."""
+    from minimascope.minima.directions import parameter_names, trajectory_axes
+
+    check_grid(grid, 1.0, 2, bn)
+    final = model.state_dict()
+    path = trajectory_axes(states, final, parameter_names(model))
+    evaluator = PointEvaluator(model, final, path.axes, train, test, bn=bn, batch_size=batch_size, device=device)
+    xs, ys = grid_around([*path.points, (0.0, 0.0)], grid, margin)
+    values = evaluate_grid(evaluator, xs, ys, 2, progress)
+    points = [MarkedPoint(label, 0.0, 0.0, evaluator((0.0, 0.0)))]
+    directions = {"kind": "trajectory", "meaning": "top two principal directions (centred PCA) of the saved "
+                  "weights minus the final ones, over the parameters; buffers stay the final network's",
+                  "explained_variance": list(path.explained), "units": "distance in parameter space",
+                  "margin": margin}
+    steps = [{"epoch": int(e), "x": x, "y": y} for e, (x, y) in zip(epochs, path.points)]
+    return Landscape("trajectory", 2, xs, ys, values, len(train[1]), _count(test), 0, bn, directions, points, steps)
+
+
+def _count(test: tuple[Tensor, Tensor] | None) -> int | None:
+    return None if test is None else len(test[1])
+
+
+# ----------------------------------------------------------------------------- on disk
+
+
+def write_landscape(result: Landscape, out_dir: str | Path, inputs: Sequence[str] = ()) -> list[Path]:
+    """``landscape.json`` (with ``inputs``, the sha256 of the weights files it is of) and its figures in
+    ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    atomic_write_json(out / LANDSCAPE_JSON, {**result.to_dict(), "inputs": list(inputs)})
+    if result.dims == 1:  # a line has no 3-D surface: none of an earlier plane is left beside it
+        (out / SURFACE_PNG).unlink(missing_ok=True)
+    return [out / LANDSCAPE_JSON, *write_figures(result, out)]
+
+
+def _damaged(file: Path, what: str) -> MinimascopeError:
+    return MinimascopeError(f"{file}: damaged {LANDSCAPE_FORMAT} file ({what}); re-run `minimascope landscape`")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _axis(record: dict[str, Any], key: str, file: Path, least: int) -> list[float]:
+    values = record.get(key)
+    if (not isinstance(values, list) or len(values) < least or not all(_number(v) and math.isfinite(v)
+                                                                        for v in values)):
+        raise _damaged(file, f"{key} must be a list of at least {least} finite numbers")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise _damaged(file, f"{key} must increase")
+    return [float(v) for v in values]
+
+
+def _cell(value: Any, metric: str, file: Path) -> float:
+    """A loss: a number ≥ 0 or null (+inf); an accuracy: a number in [0, 1]."""
+    if metric.endswith("loss"):
+        if value is None:
+            return math.inf
+        if _number(value) and math.isfinite(value) and value >= 0:
+            return float(value)
+        raise _damaged(file, f"{metric} holds {value!r}, not a loss ≥ 0 or null")
+    if _number(value) and 0 <= value <= 1:
+        return float(value)
+    raise _damaged(file, f"{metric} holds {value!r}, not an accuracy in [0, 1]")
+
+
+def _matrix(record: dict[str, Any], metric: str, shape: tuple[int, int], file: Path) -> list[list[float]] | None:
+    rows = record.get(metric)
+    if rows is None and metric.startswith("test"):
+        return None
+    if not isinstance(rows, list) or len(rows) != shape[0] or not all(isinstance(r, list) and len(r) == shape[1]
+                                                                       for r in rows):
+        raise _damaged(file, f"{metric} must be {shape[0]} rows (y) of {shape[1]} values (x)")
+    return [[_cell(v, metric, file) for v in row] for row in rows]
+
+
+def _point(entry: Any, file: Path, with_test: bool) -> MarkedPoint:
+    if not (isinstance(entry, dict) and isinstance(entry.get("label"), str)
+            and all(_number(entry.get(k)) and math.isfinite(entry[k]) for k in ("x", "y"))):
+        raise _damaged(file, "a marked point needs a label and finite x and y")
+    metrics = METRICS if with_test else METRICS[:2]
+    values = PointValues(*(_cell(entry.get(m), m, file) for m in metrics))
+    return MarkedPoint(entry["label"], float(entry["x"]), float(entry["y"]), values)
+
+
+def read_landscape(path: str | Path) -> Landscape:
+    """A ``landscape.json`` (or the folder holding one) back as a :class:`Landscape`, checked (see module doc)."""
+    file = Path(path) / LANDSCAPE_JSON if Path(path).is_dir() else Path(path)
+    record = read_result_json(file, LANDSCAPE_FORMAT, LANDSCAPE_JSON, "landscape result")
+    if record.get("kind") not in KINDS or record.get("dims") not in (1, 2) or record.get("bn") not in BN_MODES:
+        raise _damaged(file, f"kind must be one of {KINDS}, dims 1 or 2, bn one of {BN_MODES}")
+    dims = record["dims"]
+    x = _axis(record, "x", file, 2)
+    y = _axis(record, "y", file, 1 if dims == 1 else 2)
+    if dims == 1 and y != [0.0]:
+        raise _damaged(file, "a line has y = [0]")
+    values = {metric: _matrix(record, metric, (len(y), len(x)), file) for metric in METRICS}
+    with_test = values["test_loss"] is not None
+    if with_test != (values["test_accuracy"] is not None):
+        raise _damaged(file, "test_loss and test_accuracy come together")
+    images, test_images, seed = record.get("images"), record.get("test_images"), record.get("seed")
+    if not (isinstance(images, int) and images >= 1 and isinstance(seed, int)
+            and (test_images is None if not with_test else isinstance(test_images, int) and test_images >= 1)):
+        raise _damaged(file, "images (≥ 1), test_images and seed must be integers")
+    points, steps = record.get("points"), record.get("trajectory")
+    if not isinstance(points, list) or not points:
+        raise _damaged(file, "points must list the marked networks")
+    if steps is not None and not (isinstance(steps, list) and all(
+            isinstance(s, dict) and isinstance(s.get("epoch"), int)
+            and all(_number(s.get(k)) and math.isfinite(s[k]) for k in ("x", "y")) for s in steps)):
+        raise _damaged(file, "trajectory must be a list of {epoch, x, y}")
+    directions, settings = record.get("directions"), record.get("settings", {})
+    if not isinstance(directions, dict) or not isinstance(settings, dict):
+        raise _damaged(file, "directions and settings must be mappings")
+    return Landscape(record["kind"], dims, x, y, values, images, test_images, seed, record["bn"], directions,
+                     [_point(p, file, with_test) for p in points], steps, settings)
+
+
+# ----------------------------------------------------------------------------- runs, on disk
+
+
+def _inputs(payload: dict[str, Any], cifar: Any, images: int, seed: int, test: bool
+            ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
+    from minimascope.minima.common import balanced_inputs
+
+    train = balanced_inputs(payload, cifar.train_images, cifar.train_labels, images, seed)
+    return train, balanced_inputs(payload, cifar.test_images, cifar.test_labels, images, seed) if test else None
+
+
+def _source(result: Landscape, runs: Sequence[str | Path], data_key: str, seed: int, cifar: Any,
+            batch_size: int, grid: int) -> Landscape:
+    subset = f"class-balanced, seed {seed}" if result.images < len(cifar.train_labels) else "all"
+    settings = {"runs": [str(Path(r).resolve()) for r in runs], "images": "train" + (" and test" if result.test_images
+                                                                                     else ""),
+                "subset": subset, "data": data_key, "grid": grid, "batch_size": batch_size}
+    return replace(result, settings={**result.settings, **settings})
+
+
+def _run_label(run: str | Path) -> str:
+    """The run's folder name; a study's ``runs/<arm>/seed<k>`` as "<arm> seed<k>"."""
+    path = Path(run).resolve()
+    if not path.is_dir():
+        return path.stem
+    return f"{path.parent.name} {path.name}" if path.name.startswith("seed") else path.name
+
+
+def landscape_of_run(run_dir: str | Path, out_dir: str | Path, *, grid: int = 21, span: float = 1.0,
+                     images: int = 1000, seed: int = 0, bn: str = "recompute", dims: int = 2, test: bool = False,
+                     trajectory: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, data_source: str | None = None,
+                     device: str = "auto", progress: Progress | None = None, study_node: bool = False) -> Landscape:
+    """The surface of a run's final network (run directory or weights file) on a class-balanced subset of
+    ``images`` CIFAR-10 training images drawn with ``seed`` (and as many test images with ``test``),
+    normalised as the run was trained: along random directions from ``seed``, or with ``trajectory`` on the
+    plane of its saved weights (a run directory trained with ``snapshot_every``). Written to ``out_dir``, which is
+    checked before anything is computed (:func:`~minimascope.minima.common.check_analysis_folder`;
+    ``study_node``: the study's own folder)."""
+    from minimascope import data, models
+    from minimascope.env import resolve_device
+    from minimascope.minima.common import check_analysis_folder, result_folder, weights_identity
+
+    check_grid(grid, span, dims, bn)
+    if trajectory and dims != 2:
+        raise MinimascopeError("--trajectory draws a plane: --dims 1 does not apply")
+    check_analysis_folder(out_dir, LANDSCAPE_FILES, study_node=study_node)  # before anything is loaded
+    torch_device = resolve_device(device)
+    model, payload = models.load_trained(run_dir)
+    states, epochs, saved = _saved_weights(run_dir, payload) if trajectory else ([], [], [])
+    identity = [weights_identity(run_dir), *(models.file_sha256(path) for path in saved)]
+    check_analysis_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node)
+    data_key = data.content_key(data_source)
+    cifar = data.load_cifar10(data_source)
+    train, test_set = _inputs(payload, cifar, images, seed, test)
+    common = {"grid": grid, "bn": bn, "batch_size": batch_size, "device": torch_device, "progress": progress}
+    if trajectory:
+        result = trajectory_surface(model, states, epochs, train, test_set, label=_run_label(run_dir), **common)
+        result = replace(result, seed=seed)
+    else:
+        result = random_surface(model, train, test_set, span=span, dims=dims, seed=seed, label=_run_label(run_dir),
+                                **common)
+    result = _source(result, [run_dir], data_key, seed, cifar, batch_size, grid)
+    with result_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node) as out:
+        write_landscape(result, out, identity)
+    return result
+
+
+def _saved_weights(run_dir: str | Path, payload: dict[str, Any]
+                   ) -> tuple[list[dict[str, Tensor]], list[int], list[Path]]:
+    """The weights a run kept (initial.pt as epoch 0, then its snapshots, then final.pt), checked against the
+    final network's architecture: their states, epochs and the files read besides final.pt."""
+    from minimascope import models
+    from minimascope.runs import INITIAL_WEIGHTS, read_run_json, snapshot_paths
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise MinimascopeError(f"--trajectory needs a run directory (its snapshots/), not the file {run}")
+    snapshots = snapshot_paths(run)
+    if not snapshots:
+        raise MinimascopeError(f"run {run} kept no weight snapshots: train it with snapshot_every (e.g. "
+                               f"snapshot_every: 1) to draw its trajectory")
+    found = [(0, run / INITIAL_WEIGHTS)] if (run / INITIAL_WEIGHTS).is_file() else []
+    found += [(epoch, path) for epoch, path in snapshots if epoch > 0]
+    last = int(read_run_json(run).get("config", {}).get("epochs", found[-1][0] + 1))
+    states, epochs = [], []
+    for epoch, path in found:
+        saved = models.read_weights(path)
+        if saved["arch"] != payload["arch"]:
+            raise MinimascopeError(f"{path} holds a {saved['arch']} network, not {payload['arch']}")
+        models.check_finite(saved["state_dict"], str(path))
+        states.append(saved["state_dict"])
+        epochs.append(epoch)
+    if epochs[-1] != last:
+        states.append(payload["state_dict"])
+        epochs.append(last)
+    return states, epochs, [path for _, path in found]
+
+
+def plane_of_runs(run_a: str | Path, run_b: str | Path, run_c: str | Path, out_dir: str | Path, *, grid: int = 21,
+                  images: int = 1000, seed: int = 0, bn: str = "recompute", test: bool = False,
+                  batch_size: int = DEFAULT_BATCH_SIZE, data_source: str | None = None, device: str = "auto",
+                  progress: Progress | None = None, study_node: bool = False) -> Landscape:
+    """The plane through three runs' final networks (origin A; see :func:`plane_surface`) on a class-balanced
+    subset of ``images`` training images (and test images with ``test``); the three must share architecture
+    and input normalisation. Written to ``out_dir``, checked first as :func:`landscape_of_run` checks it."""
+    from minimascope import data, models
+    from minimascope.env import resolve_device
+    from minimascope.minima.common import check_analysis_folder, result_folder, weights_identity
+
+    check_grid(grid, 1.0, 2, bn)
+    check_analysis_folder(out_dir, LANDSCAPE_FILES, study_node=study_node)  # before anything is loaded
+    torch_device = resolve_device(device)
+    loaded = [models.load_trained(run) for run in (run_a, run_b, run_c)]
+    identity = [weights_identity(run) for run in (run_a, run_b, run_c)]
+    check_analysis_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node)
+    payloads = [payload for _, payload in loaded]
+    if any(p["arch"] != payloads[0]["arch"] for p in payloads):
+        raise MinimascopeError(f"the three runs hold different architectures: {[p['arch'] for p in payloads]}")
+    if any(p["normalization"] != payloads[0]["normalization"] for p in payloads):
+        raise MinimascopeError("the three runs were trained on differently normalised inputs: a plane through "
+                               "them means nothing")
+    data_key = data.content_key(data_source)
+    cifar = data.load_cifar10(data_source)
+    train, test_set = _inputs(payloads[0], cifar, images, seed, test)
+    labels = [_run_label(run) for run in (run_a, run_b, run_c)]
+    if len(set(labels)) < 3:
+        labels = [f"{name}: {label}" for name, label in zip("ABC", labels)]
+    result = plane_surface([m for m, _ in loaded], labels, train, test_set, grid=grid, bn=bn, batch_size=batch_size,
+                           device=torch_device, progress=progress)
+    result = _source(replace(result, seed=seed), [run_a, run_b, run_c], data_key, seed, cifar, batch_size, grid)
+    with result_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node) as out:
+        write_landscape(result, out, identity)
+    return result
