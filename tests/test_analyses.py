@@ -33,6 +33,7 @@ CHEAP_OPTIONS = {
     "connectivity": {"points": 2, "images": 10, "align": False},
     "mistakes": {"limit": 4},
     "seeds": {},
+    "landscape": {"grid": 3, "images": 20, "dims": 1},
 }
 
 

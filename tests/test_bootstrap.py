@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_reader_round_trip_and_foreign_files(tmp_path: Path) -> None:
     (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
     record["measures"]["cka_debiased"]["low"] = ["nan"]
     (tmp_path / "bad.json").write_text(json.dumps(record))
-    for name, words in (("other.json", "not a minimascope bootstrap"), ("bad.json", "finite number")):
+    for name, words in (("other.json", "not a minimascope-bootstrap-v1"), ("bad.json", "finite number")):
         with pytest.raises(MinimascopeError, match=words) as caught:
             read_bootstrap(tmp_path / name)
         assert "\n" not in str(caught.value)
@@ -109,7 +110,7 @@ def test_the_report_shows_each_pair_on_these_networks() -> None:
 def test_a_study_sets_bootstrap_only_when_asked(tmp_path: Path) -> None:
     from minimascope.study.spec import CompareSpec, _compare
 
-    arms = {"sgd": None, "adahessian": None}
+    arms = {name: SimpleNamespace(options={}) for name in ("sgd", "adahessian")}
     assert "bootstrap" not in _compare({"measures": ["cka"]}, arms, tmp_path).to_dict()  # earlier keys stay
     assert _compare({"bootstrap": 200}, arms, tmp_path).to_dict()["bootstrap"] == 200
     assert CompareSpec().bootstrap == 0

@@ -1,6 +1,7 @@
 """`minimascope sharpness | weights | connectivity | mistakes` from the command line, on two tiny runs trained
 here: outputs on disk read back by their readers, values that must hold, one-line errors; one command per
-analysis of runs in the table of analyses, under its name (and ``connect``, the old name of connectivity)."""
+analysis of runs in the table of analyses (`landscape` too, tested in test_landscape.py), under its name (and
+``connect``, the old name of connectivity)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ def test_sharpness_writes_what_its_reader_reads(two_runs, tmp_path: Path) -> Non
 def test_every_analysis_of_runs_is_a_command_of_its_name() -> None:
     commands = get_command(app).commands
     rows = [row for row in ANALYSES.values() if row.per in (PER_RUN, PER_PAIR)]
-    assert {row.name for row in rows} == {"sharpness", "weights", "connectivity", "mistakes"}
+    assert {row.name for row in rows} == {"sharpness", "weights", "connectivity", "mistakes", "landscape"}
+    names = [command.name for command in app.registered_commands]
+    assert all(names.count(row.name) == 1 for row in rows), names  # each registered once
     for row in rows:
         assert row.name in commands and not commands[row.name].hidden
         arguments = [p.name for p in commands[row.name].params if p.param_type_name == "argument"]
@@ -94,6 +97,10 @@ def test_every_analysis_of_runs_is_a_command_of_its_name() -> None:
             assert commands[alias].hidden
             assert [p.name for p in commands[alias].params] == [p.name for p in commands[row.name].params]
     assert ANALYSES["connectivity"].aliases == ("connect",)
+    landscape = {p.name: p for p in commands["landscape"].params}
+    for name, option in ANALYSES["landscape"].options.items():  # the table's defaults and help
+        assert (landscape[name].default, landscape[name].help) == (option.default, option.help), name
+    assert {"bn", "plane", "trajectory", "out", "data_source", "device", "batch_size"} <= set(landscape)
 
 
 def test_connectivity_of_a_run_with_itself_has_no_barrier(two_runs, tmp_path: Path) -> None:
@@ -189,12 +196,13 @@ def test_bad_input_is_one_line(two_runs, tmp_path: Path) -> None:
     assert_one_line_error(invoke("weights", str(tmp_path / "nowhere")), "no run directory or weights file")
     assert_one_line_error(invoke("sharpness", str(run_a), "--out", str(run_a / "analysis")), "inside run directory")
     assert_one_line_error(invoke("sharpness", str(run_a), "--data", source, "--images", "0", "--out",
-                                 str(tmp_path / "s")), "--images must be in")
+                                 str(tmp_path / "s")), "sharpness: --images must be an integer >= 1")
     assert_one_line_error(invoke("weights", str(small_run(tmp_path / "tiny", moved=0.1)), "--threshold", "-1",
                                  "--out", str(tmp_path / "w")),
-                          "threshold must be a positive number")
+                          "weights: --threshold must be a number > 0, got -1.0")
     assert_one_line_error(invoke("connect", str(run_a), str(run_b), "--points", "1", "--images", "10", "--data",
-                                 source, "--out", str(tmp_path / "c")), "at least 2 points")
+                                 source, "--out", str(tmp_path / "c")),
+                          "connectivity: --points must be an integer >= 2")
     assert_one_line_error(invoke("mistakes", str(run_a), str(run_b / "final.pt"), "--out", str(tmp_path / "m")),
                           "not a run directory")
     other = tmp_path / "other"

@@ -39,7 +39,7 @@ TINY_ARMS = ["sgd", "adahessian", "sgd-pretrained", "adahessian-pretrained", "ad
 
 def measure_files(comparison_dir: Path) -> list[str]:
     """A comparison's result files, one per measure (all its JSON but the comparison's own record)."""
-    return sorted(p.name for p in comparison_dir.glob("*.json") if p.name != "comparison.json")
+    return sorted(p.name for p in comparison_dir.glob("*.json") if p.name not in ("comparison.json", "node.json"))
 
 
 def nodes_of(study_dir: Path) -> dict[str, dict]:
@@ -270,7 +270,7 @@ STUDY_ERRORS = {
     "unknown arm in init_from": ("arms: {sgd: {}, then: {init_from: sdg}}\n",
                                  "arm 'then': init_from: unknown arm 'sdg'"),
     "dependency cycle": ("arms: {a: {init_from: b}, b: {init_from: a}}\n", "dependency cycle: a -> b -> a"),
-    "unknown optimizer": ("arms: {sgd: {optimizer: adam}}\n", "arm 'sgd': optimizer: unknown 'adam'"),
+    "unknown optimizer": ("arms: {sgd: {optimizer: lion}}\n", "arm 'sgd': optimizer: unknown 'lion'"),
     "bad value type": ("arms: {sgd: {epochs: many}}\n", "arm 'sgd': epochs must be an int"),
     "bad default type": ("defaults: {lr: fast}\narms: {sgd: {}}\n", "defaults: lr must be a float"),
     "bad seeds": ("seeds: 3\narms: {sgd: {}}\n", "seeds: must be a non-empty list"),
@@ -398,12 +398,12 @@ def test_an_analysis_of_a_pair_of_arms_is_planned_and_run(tmp_path: Path, monkey
     from minimascope import analyses
     from minimascope.study import kinds
 
-    def fake_of_pair(inputs: dict, out_dir: Path) -> None:
+    def fake_of_pair(inputs: dict, out_dir: Path, study_node: bool = False) -> None:
         io.atomic_write_json(out_dir / "fake.json", {"paths": [str(r["path"]) for r in inputs["runs"]]})
 
     monkeypatch.setitem(sys.modules, "fake_arm_pair", types.SimpleNamespace(fake_of_pair=fake_of_pair))
     monkeypatch.setitem(analyses.ANALYSES, "fake", analyses.AnalysisInfo(
-        "fake", analyses.PER_ARM_PAIR, "fake_arm_pair", "fake_of_pair", "read", "fake.json", ()))
+        "fake", analyses.PER_ARM_PAIR, "fake_arm_pair", "fake_of_pair", "read", "fake.json", {}))
     monkeypatch.setitem(kinds.KINDS, "fake", kinds.AnalysisKind("fake"))
     assert not [i for i in keyed_study(tmp_path, (0,)) if i.startswith("fake:")]  # one seed: no spread to test
     nodes = keyed_study(tmp_path, (0, 1))

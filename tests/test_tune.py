@@ -91,9 +91,9 @@ def test_the_tune_preset_repeats_the_papers_learning_rate_choice() -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("grid: {optimizer: sgd, lr: [0.1]}\nfolds: 1\n", "folds: must be an integer >= 2"),
+    ("grid: {optimizer: sgd, lr: [0.1]}\nfolds: 1\n", "folds: must be an integer in 2..2**63-1"),
     ("grid: {optimizer: sgd, fold: [0, 1]}\n", "fold is set by the tune itself"),
-    ("grid: {optimizer: adam}\n", "optimizer: unknown 'adam'"),
+    ("grid: {optimizer: lion}\n", "optimizer: unknown 'lion'"),
     ("defaults: {lr: 0.1}\n", "no 'grid'"),
     ("grid: {lr: [0.1]}\nfoldz: 3\n", "unknown key 'foldz'"),
 ])

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_json, read_json
+from minimascope.io import atomic_write_json, read_result_fields
 from minimascope.similarity.measures import _cka_value, debiased_products
 
 BOOTSTRAP_JSON = "bootstrap.json"
@@ -157,34 +157,22 @@ def write_bootstrap(result: BootstrapResult, out_dir: str | Path) -> Path:
     return path
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise MinimascopeError(f"{where}: expected a finite number, got {value!r}")
-    return float(value)
-
-
 def read_bootstrap(path: str | Path) -> BootstrapResult:
-    """A ``bootstrap.json`` back, every field checked; a foreign or damaged file is one MinimascopeError."""
-    path = Path(path)
-    record = read_json(path, BOOTSTRAP_JSON)
-    if not isinstance(record, dict) or record.get("format") != BOOTSTRAP_FORMAT:
-        raise MinimascopeError(f"{path} is not a minimascope bootstrap result ({BOOTSTRAP_FORMAT})")
-    layers, measures = record.get("layers"), record.get("measures")
-    if not isinstance(layers, list) or not layers or not all(isinstance(x, str) for x in layers):
-        raise MinimascopeError(f"{path}: layers must be a non-empty list of names")
-    if not isinstance(measures, dict) or not measures or not set(measures) <= set(BOOTSTRAP_MEASURES):
-        raise MinimascopeError(f"{path}: measures must map some of {', '.join(BOOTSTRAP_MEASURES)} to values")
+    """A ``bootstrap.json`` (or the folder holding one) back, every field checked; a foreign or damaged file
+    is one MinimascopeError naming it."""
+    fields = read_result_fields(path, BOOTSTRAP_FORMAT, BOOTSTRAP_JSON, "bootstrap result")
+    layers = fields.texts("layers")
+    measures = fields.child("measures")
+    if not layers or not measures.keys() or not set(measures.keys()) <= set(BOOTSTRAP_MEASURES):
+        fields.fail("measures", f"some of {', '.join(BOOTSTRAP_MEASURES)} for at least one layer", measures.keys())
     values: dict[str, dict[str, list[float]]] = {}
-    for measure, columns in measures.items():
-        if not isinstance(columns, dict) or set(columns) != {"value", "low", "high", "baseline"}:
-            raise MinimascopeError(f"{path}: {measure}: needs value, low, high and baseline")
-        values[measure] = {}
-        for key, column in columns.items():
-            if not isinstance(column, list) or len(column) != len(layers):
-                raise MinimascopeError(f"{path}: {measure}.{key}: must hold one number per layer")
-            values[measure][key] = [_number(v, f"{path}: {measure}.{key}") for v in column]
-    numbers = {k: _number(record.get(k), f"{path}: {k}") for k in ("n", "subsample", "resamples", "level")}
-    if not isinstance(record.get("method"), str) or not 0 < numbers["level"] < 1:
-        raise MinimascopeError(f"{path}: method must be text and level in (0, 1)")
-    return BootstrapResult(tuple(layers), int(numbers["n"]), int(numbers["subsample"]), int(numbers["resamples"]),
-                           numbers["level"], record["method"], values)
+    for measure in measures.keys():
+        columns = measures.child(measure)
+        if set(columns.keys()) != {"value", "low", "high", "baseline"}:
+            columns.fail("", "value, low, high and baseline", columns.keys())
+        values[measure] = {key: columns.numbers(key, length=len(layers)) for key in columns.keys()}
+    level = fields.number("level")
+    if not 0 < level < 1:
+        fields.fail("level", "in (0, 1)", level)
+    return BootstrapResult(tuple(layers), fields.integer("n", minimum=8), fields.integer("subsample", minimum=4),
+                           fields.integer("resamples", minimum=2), level, fields.text("method"), values)

@@ -9,7 +9,9 @@ file. Figures are drawn on a bare Agg canvas, not pyplot, so no global backend s
 A comparison folder holds ``comparison.json``: which networks (path and sha256 of their weights)
 it compared, with which settings, and the measures written. A later comparison into the same
 folder may add measures for the same pair and settings; anything else is refused, as is a folder
-that is a run directory or holds files of something else, before any computation.
+that is a run directory or holds files of something else, before any computation. A study's
+comparison folders belong to the study: only the study itself (``study_node``) writes into them, and
+it keeps its own record of the node beside ``comparison.json``.
 
 With ``bootstrap`` > 0 the folder also holds ``bootstrap.json`` (:mod:`minimascope.bootstrap`): for
 layer i of A against the same-named layer of B, CKA's interval from resampling images and its
@@ -109,26 +111,36 @@ def _weights_file(path: Path) -> Path:
     return path / FINAL_WEIGHTS if path.is_dir() else path
 
 
-def check_comparison_folder(out_dir: Path, identity: dict) -> list[str]:
-    """Refuse a folder that is (or lies in) a run directory, is a file, holds other files, or
-    holds a comparison of another pair or with other settings; returns the measures already there."""
+def check_comparison_folder(out_dir: Path, identity: dict, study_node: bool = False) -> list[str]:
+    """Refuse a folder that is (or lies in) a run directory, lies in a study (unless ``study_node``: the
+    study writing its own node), is a file, holds other files, or holds a comparison of another pair or
+    with other settings; returns the measures already there."""
     from minimascope.runs import RUN_JSON
+    from minimascope.study.records import NODE_JSON, enclosing_study
 
     if out_dir.exists() and not out_dir.is_dir():
         raise MinimascopeError(f"--out {out_dir} is a file; name a folder for the comparison")
-    for folder in (out_dir, *out_dir.parents):
+    for folder in (out_dir, *out_dir.resolve().parents):
         if (folder / RUN_JSON).is_file():
             raise MinimascopeError(f"--out {out_dir} is inside run directory {folder}; comparisons are written "
                                    f"elsewhere (default: comparisons/<A>_vs_<B>)")
+    study = None if study_node else enclosing_study(out_dir)
+    if study is not None:
+        raise MinimascopeError(f"--out {out_dir} is inside study directory {study}, whose folders belong to the "
+                               f"study; choose a folder outside it")
     record = read_comparison(out_dir)
     if record is None:
-        if out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
+        if out_dir.is_dir() and any(p.name not in (LOCK_FILE, NODE_JSON) for p in out_dir.iterdir()):
             raise MinimascopeError(f"--out {out_dir} holds files but no {COMPARISON_JSON}; choose another folder")
         return []
-    for side in ("a", "b"):
-        if record.get(side, {}).get("weights_sha256") != identity[side]["weights_sha256"]:
-            raise MinimascopeError(f"--out {out_dir} holds a comparison of {record['a'].get('path')} with "
-                                   f"{record['b'].get('path')}; choose another folder for this pair")
+    sides = [record.get(side) for side in ("a", "b")]
+    if not all(isinstance(side, dict) for side in sides):
+        raise MinimascopeError(f"{out_dir / COMPARISON_JSON} names no compared networks (a study's record of an "
+                               f"older version?); choose another folder")
+    for side, stored in zip(("a", "b"), sides):
+        if stored.get("weights_sha256") != identity[side]["weights_sha256"]:
+            raise MinimascopeError(f"--out {out_dir} holds a comparison of {sides[0].get('path')} with "
+                                   f"{sides[1].get('path')}; choose another folder for this pair")
     stored = record.get("settings", {})
     differ = [k for k, v in identity["settings"].items() if stored.get(k) != v]
     if differ:
@@ -142,7 +154,7 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
                      layers_a: Sequence[str] | None = None, layers_b: Sequence[str] | None = None,
                      layer_set: str = "conv_linear", policy: str = "flatten", data_source: str | None = None,
                      device: str = "auto", batch_size: int = 500, bootstrap: int = 0,
-                     progress: Progress | None = None) -> list[SimilarityMatrix]:
+                     progress: Progress | None = None, study_node: bool = False) -> list[SimilarityMatrix]:
     """Compare every layer of network A with every layer of network B on ``samples`` CIFAR-10
     test images (a class-balanced subset when fewer than all) and write the results to ``out_dir``.
 
@@ -150,6 +162,7 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
     a network's layers with each other, computing its activations once. ``layers_b`` defaults to
     ``layers_a``, which defaults to :func:`minimascope.similarity.default_layers` of ``layer_set``.
     ``bootstrap``: subsamples of images for CKA's interval per same-named layer pair (0: none).
+    ``study_node``: the study writes its own node's folder (any other caller is refused a study's folder).
     """
     from minimascope import bootstrap as uncertainty
     from minimascope import data, models, similarity
@@ -179,7 +192,7 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
                      "layers_b": list(layers_b) if layers_b else None, "layer_set": layer_set, "policy": policy,
                      "data": data.content_key(data_source)},
     }
-    check_comparison_folder(out_dir, identity)  # before the computation: it may take minutes
+    check_comparison_folder(out_dir, identity, study_node)  # before the computation: it may take minutes
     cifar = data.load_cifar10(data_source, progress=progress)
     images = cifar.test_images
     if samples < len(images):
@@ -211,7 +224,8 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
             model_b, inputs_b, shared, batch_size=batch_size, device=torch_device, policy=policy)
         result = uncertainty.bootstrap_layers(acts_a, acts_b, shared, measures, bootstrap, device=torch_device)
     with locked(out_dir, "comparison folder"):
-        earlier = check_comparison_folder(out_dir, identity)  # again: another process may have written meanwhile
+        # again: another process may have written meanwhile
+        earlier = check_comparison_folder(out_dir, identity, study_node)
         measures_written = earlier + [m.measure for m in matrices if m.measure not in earlier]
         atomic_write_json(out_dir / COMPARISON_JSON, {"format": COMPARISON_FORMAT, **identity,
                                                       "measures": measures_written})

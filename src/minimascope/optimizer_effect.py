@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -35,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_json, atomic_write_text, read_json, read_result_json
+from minimascope.io import atomic_write_json, atomic_write_text, older_format, read_result_fields
 from minimascope.minima.step_cost import StepTimeRatio, cost_verdict, read_step_times, step_time_ratio
-from minimascope.similarity import MEASURES, SimilarityMatrix
+from minimascope.similarity import MEASURES, SimilarityMatrix, read_similarity_matrix
 from minimascope.stats import (
     EXACT_LIMIT,
     N_PERMUTATIONS,
@@ -58,6 +59,7 @@ SEEDS_FORMAT = "minimascope-seeds-v3"
 OLDER_FORMATS = ("minimascope-seeds-v1", "minimascope-seeds-v2")
 SEEDS_JSON = "seeds.json"
 SEEDS_CSV = "seeds.csv"
+SEEDS_FILES = (SEEDS_JSON, SEEDS_CSV)  # what an output folder of seed statistics holds
 WITHIN = "within"  # two seeds of the same optimizer
 ACROSS = "across"  # two different optimizers
 SCALARS = ("test accuracy", "top eigenvalue λ1", "Hessian trace", "adaptive λ1 (|w|-scaled)",
@@ -219,22 +221,6 @@ def seed_statistics(arms: tuple[str, str], within_of: Mapping[str, Mapping[tuple
 # ----------------------------------------------------------------------------- files
 
 
-def _nullable(value: float) -> float | None:
-    return None if math.isnan(value) else value
-
-
-def _interval_dict(interval: ConfidenceInterval) -> dict[str, Any]:
-    return {key: _nullable(value) if isinstance(value, float) else value for key, value in asdict(interval).items()}
-
-
-def _interval(data: Mapping[str, Any]) -> ConfidenceInterval:
-    def number(key: str) -> float:
-        return math.nan if data[key] is None else float(data[key])
-
-    return ConfidenceInterval(number("mean"), number("low"), number("high"), float(data["level"]), int(data["n"]),
-                              number("std"))
-
-
 def _csv_text(tests: Sequence[LayerTest]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -262,34 +248,16 @@ def _nullables(data: Any) -> Any:
     return None if isinstance(data, float) and math.isnan(data) else data
 
 
-def _number(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _verdict(data: Mapping[str, Any]) -> Verdict:
-    flip = data["sign_flip"]
-    return Verdict(**{**data, "sign_flip": None if flip is None else SignFlipTest(**flip)})
-
-
-def _scalar(entry: Mapping[str, Any]) -> ScalarTest:
-    paired = entry["paired"]
-    comparison = PairedComparison([float(v) for v in paired["differences"]], int(paired["higher"]),
-                                  int(paired["lower"]), _interval(paired["interval"]), _number(paired["effect_size"]),
-                                  SignFlipTest(**paired["sign_flip"]))
-    return ScalarTest(entry["name"], [int(s) for s in entry["seeds"]], [float(v) for v in entry["arm_a_values"]],
-                      [float(v) for v in entry["arm_b_values"]], comparison, _verdict(entry["verdict"]))
-
-
-def write_seed_statistics(result: SeedStatistics, out_dir: str | Path) -> list[Path]:
-    """``seeds.json`` (format ``minimascope-seeds-v3``: everything) and ``seeds.csv`` (one row per
-    measure and layer); returns the paths written."""
+def write_seed_statistics(result: SeedStatistics, out_dir: str | Path, inputs: Sequence[str] = ()) -> list[Path]:
+    """``seeds.json`` (format ``minimascope-seeds-v3``: everything, with ``inputs``, the digest of the
+    folders it read) and ``seeds.csv`` (one row per measure and layer); returns the paths written."""
     out = Path(out_dir)
     document = _nullables({
         "format": SEEDS_FORMAT, "arms": list(result.arms), "within_arms": list(result.within_arms),
         "hypothesis": HYPOTHESIS, "correction": CORRECTION, "uncertainty": "across seeds",
         "tests": [asdict(t) for t in result.tests], "scalars": [asdict(s) for s in result.scalars],
         "costs": [asdict(c) for c in result.costs], "cost": None if result.cost is None else asdict(result.cost),
-        "problems": list(result.problems),
+        "problems": list(result.problems), "inputs": list(inputs),
     })
     atomic_write_json(out / SEEDS_JSON, document)
     atomic_write_text(out / SEEDS_CSV, _csv_text(result.tests))
@@ -299,43 +267,36 @@ def write_seed_statistics(result: SeedStatistics, out_dir: str | Path) -> list[P
 def read_seed_statistics(path: str | Path) -> SeedStatistics:
     """Read ``seeds.json`` (a file, or the folder holding it) back into :class:`SeedStatistics`; a file of
     an older format is one error line asking for a re-run."""
-    file = Path(path) / SEEDS_JSON if Path(path).is_dir() else Path(path)
-    if file.is_file() and isinstance(older := read_json(file, "seed statistics"), dict) \
-            and older.get("format") in OLDER_FORMATS:
-        raise MinimascopeError(f"{path} was written by an older minimascope ({older['format']}, unpaired scalars); "
+    if (older := older_format(path, SEEDS_JSON, OLDER_FORMATS)) is not None:
+        raise MinimascopeError(f"{path} was written by an older minimascope ({older}, unpaired scalars); "
                                f"re-run the study's seeds analysis to rewrite it")
-    data = read_result_json(path, SEEDS_FORMAT, SEEDS_JSON, "seed statistics")
-    try:
-        arm_a, arm_b = (str(arm) for arm in data["arms"])
-        tests = [LayerTest(entry["measure"], entry["kind"], entry["layer"], _interval(entry["within"]),
-                           _interval(entry["across"]), PermutationTest(**entry["test"]), _number(entry["effect_size"]),
-                           float(entry["p_holm"]), float(entry["p_bh"])) for entry in data["tests"]]
-        costs = tuple(StepTimeRatio(**{k: _number(v) if k in ("low", "high") else v for k, v in entry.items()})
-                      for entry in data["costs"])
-        return SeedStatistics((arm_a, arm_b), [str(arm) for arm in data["within_arms"]], tests,
-                              [_scalar(entry) for entry in data["scalars"]], [str(p) for p in data["problems"]],
-                              costs, None if data["cost"] is None else _verdict(data["cost"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MinimascopeError(f"{path}: malformed {SEEDS_FORMAT} file ({type(exc).__name__}: {exc})") from None
+    fields = read_result_fields(path, SEEDS_FORMAT, SEEDS_JSON, "seed statistics")
+    arms = fields.texts("arms", length=2)
+    cost = None if fields.raw("cost") is None else fields.child("cost").build(Verdict)
+    # a seed whose runs have too few steps for a median's interval has the unbounded interval (0, inf)
+    costs = tuple(entry.build(StepTimeRatio, infinite=("low", "high")) for entry in fields.children("costs"))
+    return SeedStatistics((arms[0], arms[1]), fields.texts("within_arms"),
+                          [entry.build(LayerTest) for entry in fields.children("tests")],
+                          [entry.build(ScalarTest) for entry in fields.children("scalars")], fields.texts("problems"),
+                          costs, cost)
 
 
 # ----------------------------------------------------------------------------- the analysis of a pair of arms
 
 
-def comparison_records(folder: str | Path) -> list[dict[str, Any]]:
+def comparison_records(folder: str | Path) -> list[SimilarityMatrix]:
     """The similarity matrices of a comparison folder as written (``<measure>.json``, in the order its
     ``comparison.json`` lists them, else by name), for :func:`layer_values`."""
-    from minimascope.compare import COMPARISON_JSON, read_comparison
+    from minimascope.compare import read_comparison
 
     folder = Path(folder)
     if not folder.is_dir():
         raise MinimascopeError(f"comparison folder not found: {folder}")
     record = read_comparison(folder)
-    measures = (record or {}).get("measures") or sorted(p.stem for p in folder.glob("*.json")
-                                                         if p.name != COMPARISON_JSON)
+    measures = (record or {}).get("measures") or sorted(p.stem for p in folder.glob("*.json") if p.stem in MEASURES)
     if not measures:
         raise MinimascopeError(f"{folder} holds no similarity matrix (<measure>.json)")
-    return [read_json(folder / f"{measure}.json", "similarity matrix") for measure in measures]
+    return [read_similarity_matrix(folder / f"{measure}.json") for measure in measures]
 
 
 def _entries(inputs: Mapping[str, Any], key: str, arm: str | None = None) -> list[dict[str, Any]]:
@@ -384,14 +345,18 @@ def step_time_ratios(inputs: Mapping[str, Any], arms: tuple[str, str]) -> tuple[
                  for seed in sorted(set(paths[0]) & set(paths[1])))
 
 
-def seed_statistics_of_pair(inputs: Mapping[str, Any], out_dir: str | Path) -> SeedStatistics:
+def seed_statistics_of_pair(inputs: Mapping[str, Any], out_dir: str | Path, *,
+                            study_node: bool = False) -> SeedStatistics:
     """:func:`seed_statistics` of the pair of arms ``inputs["arms"]``, with the cost per step of b against
     a, read from the folders ``inputs`` names (the study plans them: ``across``, one comparison of a with b
     per seed; ``within``, comparisons of two seeds of a or of b; ``runs`` and ``sharpness`` of both arms,
-    each entry with its ``arm``, ``seed`` and ``path``), written to ``out_dir``."""
-    from minimascope.minima.common import check_analysis_folder
+    each entry with its ``arm``, ``seed`` and ``path``), written to ``out_dir`` (checked by
+    :func:`~minimascope.minima.common.check_analysis_folder`; ``study_node``: the study's own folder)."""
+    from minimascope.io import digest
+    from minimascope.minima.common import check_analysis_folder, result_folder
 
-    out = check_analysis_folder(out_dir)
+    identity = [digest(json.loads(json.dumps(inputs, default=str)))]  # its paths as text
+    check_analysis_folder(out_dir, SEEDS_FILES, identity, study_node=study_node)
     arms = tuple(str(arm) for arm in inputs.get("arms", ()))
     if len(arms) != 2 or arms[0] == arms[1]:
         raise MinimascopeError(f"seed statistics need two different arms, got {list(arms)}")
@@ -407,5 +372,6 @@ def seed_statistics_of_pair(inputs: Mapping[str, Any], out_dir: str | Path) -> S
     costs = step_time_ratios(inputs, pair)
     if costs:
         result = replace(result, costs=costs, cost=cost_verdict(costs, label_a=arms[0], label_b=arms[1]))
-    write_seed_statistics(result, out)
+    with result_folder(out_dir, SEEDS_FILES, identity, study_node=study_node) as out:
+        write_seed_statistics(result, out, identity)
     return result

@@ -9,13 +9,16 @@ and empty when the study did not run that analysis, and the typed results behind
 ``comparisons``, ``seed_comparisons``, ``analyses``) that the report lays out.
 
 ``study.json`` must exist and be readable (else one-line MinimascopeError: this is not a study).
-Everything else may be missing (a partial or interrupted study): each absent or unreadable file
-becomes a line in :attr:`Study.missing` with the reason, and the report shows what is there.
+Everything else may be missing (a partial or interrupted study): each absent file becomes a line in
+:attr:`Study.missing` with the reason, and the report shows what is there. A file that is there but
+damaged (broken JSON, a NaN, a garbage CSV row, a field of the wrong type, a node of study.json with a
+path outside the study) becomes a line in :attr:`Study.damaged` naming it, and what it held is left out;
+``load_study(path, strict=True)`` raises a MinimascopeError naming the first damaged file instead.
+Every path read comes from study.json's node paths, checked to lie inside the study.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
 import os
@@ -30,15 +33,23 @@ from minimascope import frames
 from minimascope.analyses import ANALYSES, PER_RUN
 from minimascope.bootstrap import BOOTSTRAP_JSON, BootstrapResult, read_bootstrap
 from minimascope.errors import MinimascopeError
-from minimascope.io import read_json
-from minimascope.runs import FINAL_WEIGHTS, RUN_JSON, read_metrics, read_run_json
-from minimascope.similarity import SimilarityMatrix
-from minimascope.study.records import STUDY_FORMAT, STUDY_JSON, SUMMARY_CSV
+from minimascope.io import is_locked, read_json
+from minimascope.runs import FINAL_WEIGHTS, METRICS_CSV, RUN_JSON, read_metrics, read_run_json
+from minimascope.similarity import MEASURES, SimilarityMatrix, read_similarity_matrix
+from minimascope.study.records import (
+    STUDY_FORMAT,
+    STUDY_JSON,
+    SUMMARY_CSV,
+    check_arm_name,
+    check_node,
+    check_seed,
+    expect,
+    read_summary,
+    shown,
+)
 
 FINISHED = ("completed", "diverged")
-# summary.csv columns that hold numbers (the others are text: arm, optimizer, init, std_multiplier, status).
-SUMMARY_NUMBERS = ("seed", "epochs", "test_accuracy", "test_loss", "train_loss", "train_accuracy",
-                   "epoch_time_mean_s", "epoch_time_std_s", "step_time_mean_s")
+INTERRUPTED = "interrupted"  # a node study.json says is running, in a study no process is running
 
 
 @dataclass
@@ -138,9 +149,11 @@ class Study:
     record: dict[str, Any]  # study.json as written
     run_results: dict[tuple[str, int], RunResult]
     comparisons: list[Comparison]
-    missing: list[str]  # "<relative path>: <why>" for every expected file that could not be read
+    missing: list[str]  # "<relative path>: <why>" for every expected file that is not there
     seed_comparisons: list[SeedComparison] = field(default_factory=list)
     analyses: dict[str, list[Analysis]] = field(default_factory=dict)  # kind → nodes, in study.json's order
+    damaged: list[str] = field(default_factory=list)  # "<relative path>: <why>" for every file read but not usable
+    interrupted: bool = False  # study.json says nodes are running, but no process holds the study
 
     # The same results as pandas DataFrames (see :mod:`.frames`), built on first use.
     runs = functools.cached_property(frames.runs)
@@ -202,59 +215,39 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _missing(exc: MinimascopeError, root: Path) -> str:
-    """A reader's one-line message, with paths relative to the study (the report may move)."""
-    return str(exc).replace(f"{root}{os.sep}", "")
+@dataclass
+class _Notes:
+    """What could not be read, as the report lists it: absent files, and files there but damaged."""
+
+    root: Path
+    missing: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+
+    def failed(self, path: Path, exc: Exception) -> str:
+        """A reader's one-line message, with paths relative to the study (the report may move), as missing when
+        the file is not there and as damaged when it is; returns the line."""
+        line = str(exc).replace(f"{self.root}{os.sep}", "")
+        if isinstance(exc, MinimascopeError) and not path.exists():
+            self.missing.append(line)
+        else:
+            relative = _relative(path, self.root)  # first, so every line of the note starts with its file
+            rest = line[len(relative):].lstrip(": ") if line.startswith(relative) else line.replace(relative, path.name)
+            line = f"{relative}: {rest}"
+            self.damaged.append(line)
+        return line
+
+    def bad(self, path: Path, why: str) -> None:
+        self.damaged.append(f"{_relative(path, self.root)}: {why}")
 
 
-def _number(text: str | None) -> float | None:
-    if text is None or text.strip() == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
+read_similarity = read_similarity_matrix  # a compare <measure>.json back, under the name notebooks know
 
 
-def read_summary(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """summary.csv as (arm, seed) → row; number columns as float (blank → None)."""
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    table = {}
-    for row in rows:
-        parsed: dict[str, Any] = {k: (_number(v) if k in SUMMARY_NUMBERS else v) for k, v in row.items()}
-        if parsed.get("arm") and parsed.get("seed") is not None:
-            table[(str(parsed["arm"]), int(parsed["seed"]))] = parsed
-    return table
-
-
-def read_similarity(path: Path) -> SimilarityMatrix:
-    """A compare ``<measure>.json`` (``SimilarityMatrix.to_dict()``) back as a SimilarityMatrix."""
-    record = read_json(path, "similarity matrix")
-    try:
-        values = np.asarray(record["values"], dtype=float)
-        bound, forced = record.get("error_bound"), record.get("by_construction")
-        matrix = SimilarityMatrix(
-            measure=str(record["measure"]), kind=str(record["kind"]), convention=str(record.get("convention", "")),
-            values=values, layers_a=tuple(record["layers_a"]), layers_b=tuple(record["layers_b"]),
-            n_samples=int(record["n_samples"]), policy=str(record.get("policy", "")),
-            label_a=str(record.get("label_a", "A")), label_b=str(record.get("label_b", "B")),
-            error_bound=None if bound is None else np.asarray(bound, dtype=float),
-            by_construction=None if forced is None else np.asarray(forced, dtype=bool))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MinimascopeError(f"{path} is not a similarity matrix ({type(exc).__name__}: {exc})") from None
-    if values.shape != (len(matrix.layers_a), len(matrix.layers_b)):
-        raise MinimascopeError(f"{path}: values are {values.shape} for "
-                               f"{len(matrix.layers_a)}×{len(matrix.layers_b)} layers")
-    return matrix
-
-
-def _run_result(node: dict[str, Any], root: Path, summary: dict[tuple[str, int], dict[str, Any]] | None,
-                missing: list[str]) -> RunResult:
-    arm, seed = str(node["arm"]), int(node["seed"])
-    run = RunResult(arm=arm, seed=seed, status=str(node.get("status", "pending")), reason=node.get("reason"),
-                    diverged_epoch=node.get("diverged_epoch"),
-                    path=root / node.get("path", f"runs/{arm}/seed{seed}"))
+def _run_result(node: dict[str, Any], path: Path, summary: dict[tuple[str, int], dict[str, Any]] | None,
+                notes: _Notes) -> RunResult:
+    arm, seed = node["arm"], node["seed"]
+    run = RunResult(arm=arm, seed=seed, status=node["status"], reason=node.get("reason"),
+                    diverged_epoch=node.get("diverged_epoch"), path=path)
     if run.status not in FINISHED:
         return run
     if summary is not None and (arm, seed) in summary:
@@ -263,17 +256,17 @@ def _run_result(node: dict[str, Any], root: Path, summary: dict[tuple[str, int],
         try:
             record = read_run_json(run.path)
         except MinimascopeError as exc:
-            missing.append(_missing(exc, root))
+            notes.failed(run.path / RUN_JSON, exc)
             record = {}
-        final, per_epoch = record.get("final") or node.get("final") or {}, record.get("time_per_epoch_s") or {}
+        final, per_epoch = _mapping(record.get("final") or node.get("final")), _mapping(record.get("time_per_epoch_s"))
         run.values = {**{k: _float(v) for k, v in final.items()}, "epoch_time_mean_s": _float(per_epoch.get("mean")),
                       "epoch_time_std_s": _float(per_epoch.get("std"))}
         if summary is not None:
-            missing.append(f"{SUMMARY_CSV}: no row for {arm} seed {seed} (numbers taken from its {RUN_JSON})")
+            notes.missing.append(f"{SUMMARY_CSV}: no row for {arm} seed {seed} (numbers taken from its {RUN_JSON})")
     try:  # blank cells as NaN, so a curve simply has a gap there
         run.metrics = [{k: math.nan if v is None else v for k, v in row.items()} for row in read_metrics(run.path)]
     except MinimascopeError as exc:
-        missing.append(_missing(exc, root))
+        notes.failed(run.path / METRICS_CSV, exc)
     if run.metrics and run.value("step_time_mean_s") is None:
         steps = [row["iter_time_mean_s"] for row in run.metrics if math.isfinite(row.get("iter_time_mean_s", math.nan))]
         if steps:
@@ -281,71 +274,158 @@ def _run_result(node: dict[str, Any], root: Path, summary: dict[tuple[str, int],
     return run
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _float(value: Any) -> float | None:
     try:
-        return float(value) if value is not None else None
+        return float(value) if value is not None and not isinstance(value, bool) else None
     except (TypeError, ValueError):
         return None
 
 
-def _comparison(node: dict[str, Any], root: Path, measures: Iterable[str], missing: list[str]) -> Comparison:
-    arm_a, arm_b = (str(a) for a in node["arms"])
-    seed = int(node["seed"])
-    comparison = Comparison(arm_a, arm_b, seed, str(node.get("status", "pending")), node.get("reason"),
-                            root / node.get("path", f"comparisons/{arm_a}_vs_{arm_b}/seed{seed}"))
+def _comparison(node: dict[str, Any], path: Path, measures: Iterable[str], notes: _Notes) -> Comparison:
+    arm_a, arm_b = node["arms"]
+    comparison = Comparison(arm_a, arm_b, node["seed"], node["status"], node.get("reason"), path)
     if comparison.status == "completed":
-        comparison.matrices = _read_matrices(comparison.path, root, measures, missing)
+        comparison.matrices = _read_matrices(comparison.path, measures, notes)
         if (comparison.path / BOOTSTRAP_JSON).is_file():
             try:
                 comparison.bootstrap = read_bootstrap(comparison.path / BOOTSTRAP_JSON)
             except MinimascopeError as exc:
-                missing.append(_missing(exc, root))
+                notes.failed(comparison.path / BOOTSTRAP_JSON, exc)
     return comparison
 
 
-def _read_matrices(path: Path, root: Path, measures: Iterable[str], missing: list[str]) -> dict[str, SimilarityMatrix]:
+def _read_matrices(path: Path, measures: Iterable[str], notes: _Notes) -> dict[str, SimilarityMatrix]:
     matrices = {}
-    for measure in measures or sorted(p.stem for p in path.glob("*.json") if p.name != "comparison.json"):
+    found = sorted(p.stem for p in path.glob("*.json") if p.stem in MEASURES)  # not node, comparison, bootstrap
+    for measure in measures or found:
         file = path / f"{measure}.json"
         if not file.is_file():
-            missing.append(f"{_relative(file, root)}: not found")
+            notes.missing.append(f"{_relative(file, notes.root)}: not found")
             continue
         try:
-            matrices[measure] = read_similarity(file)
+            matrices[measure] = read_similarity_matrix(file)
         except MinimascopeError as exc:
-            missing.append(_missing(exc, root))
+            notes.failed(file, exc)
     return matrices
 
 
-def _seed_comparison(node: dict[str, Any], root: Path, measures: Iterable[str], missing: list[str]) -> SeedComparison:
-    arm = str(node["arms"][0])
-    seed_i, seed_j = (int(s) for s in node["seeds"])
-    comparison = SeedComparison(arm, (seed_i, seed_j), str(node.get("status", "pending")), node.get("reason"),
-                                root / node.get("path", f"comparisons/{arm}_vs_{arm}/seed{seed_i}-seed{seed_j}"))
+def _seed_comparison(node: dict[str, Any], path: Path, measures: Iterable[str], notes: _Notes) -> SeedComparison:
+    seed_i, seed_j = node["seeds"]
+    comparison = SeedComparison(node["arms"][0], (seed_i, seed_j), node["status"], node.get("reason"), path)
     if comparison.status == "completed":
-        comparison.matrices = _read_matrices(comparison.path, root, measures, missing)
+        comparison.matrices = _read_matrices(comparison.path, measures, notes)
     return comparison
 
 
-def _analysis(node: dict[str, Any], root: Path) -> Analysis:
-    info = ANALYSES[str(node["kind"])]
-    arms = (str(node["arm"]),) if info.per == PER_RUN else tuple(str(a) for a in node["arms"])
-    seeds = [int(s) for s in node["seeds"]] if node.get("seeds") else [int(node["seed"])] if "seed" in node else []
-    default = f"analyses/{info.name}/{'_vs_'.join(arms)}/{'-'.join(f'seed{s}' for s in seeds)}"
-    analysis = Analysis(info.name, arms, seeds[0] if seeds else None, str(node.get("status", "pending")),
-                        node.get("reason"), root / node.get("path", default),
+def _analysis(node: dict[str, Any], path: Path, notes: _Notes) -> Analysis:
+    info = ANALYSES[node["kind"]]
+    arms = (node["arm"],) if info.per == PER_RUN else tuple(node["arms"])
+    seeds = node.get("seeds") or ([node["seed"]] if node.get("seed") is not None else [])
+    analysis = Analysis(info.name, arms, seeds[0] if seeds else None, node["status"], node.get("reason"), path,
                         seed_b=seeds[1] if len(seeds) > 1 else None)
     if analysis.status != "completed":
         return analysis
+    file = analysis.path / info.result_file
     try:
-        analysis.result = info.read(analysis.path / info.result_file)
-    except MinimascopeError as exc:
-        analysis.problem = _missing(exc, root)
+        analysis.result = info.read(file)
+    except (MinimascopeError, KeyError, TypeError, ValueError, IndexError) as exc:  # a reader's check, or one it lacks
+        analysis.problem = notes.failed(file, exc)
     return analysis
 
 
-def load_study(study_dir: str | Path) -> Study:
-    """Read everything the report shows from ``study_dir`` (see the module docstring)."""
+def _checked_node(node: Any, root: Path, where: str) -> tuple[dict[str, Any], Path]:
+    """A node of study.json checked (:func:`minimascope.study.records.check_node`) with the fields this reader
+    takes apart, and its folder (inside the study); else one MinimascopeError naming ``where``."""
+    folder = check_node(node, root, where)
+    kind, where = node["kind"], f"{where} ({shown(node.get('id'))})"
+    needed = {"run": ("arm", "seed"), "compare": ("arms",)}.get(kind) or (
+        ("arm",) if ANALYSES[kind].per == PER_RUN else ("arms",))
+    for key in needed:
+        if key not in node:
+            raise MinimascopeError(f"{where}: no {key}")
+    for key in ("arms", "seeds"):  # a compare node and a pair's analysis: two arms, and one seed or two
+        if key in node and len(node[key]) != 2:
+            raise MinimascopeError(f"{where}: {key} must be a list of two")
+    if kind in ("run", "compare") and node.get("seed") is None and "seeds" not in node:
+        raise MinimascopeError(f"{where}: no seed")
+    return node, folder
+
+
+# Fields of study.json the report reads beyond the nodes, and what each must be: a wrong one is left out.
+_RECORD_FIELDS = {"name": str, "arms": dict, "seeds": list, "compare": dict, "data": dict, "versions": dict,
+                  "device": (dict, str), "wall_time_s": (int, float), "created": str, "updated": str, "source": str}
+_ARM_FIELDS = {"optimizer": str, "epochs": int, "batch_size": int, "lr": (int, float), "pretrained": bool,
+               "init_from": (str, type(None)), "std_multiplier": list, "arch": str}
+
+
+def _checked_fields(mapping: dict[str, Any], fields: dict[str, Any], where: str, notes: _Notes) -> dict[str, Any]:
+    """``mapping`` without the ``fields`` of the wrong type (:func:`minimascope.study.records.expect`), each one
+    left out named in ``notes`` (``where`` starts with study.json, the file every such line names first)."""
+    checked = dict(mapping)
+    for key, types in fields.items():
+        if key in checked:
+            try:
+                expect(checked, key, types, where)
+            except MinimascopeError as exc:
+                notes.damaged.append(f"{exc}; left out")
+                checked.pop(key)
+    return checked
+
+
+def _checked_record(record: dict[str, Any], notes: _Notes) -> dict[str, Any]:
+    """study.json's fields with every one of the wrong type left out (and named in ``notes``)."""
+    path = notes.root / STUDY_JSON
+    checked = _checked_fields(record, _RECORD_FIELDS, STUDY_JSON, notes)
+    try:
+        for seed in checked.get("seeds", []):
+            check_seed(seed, f"{STUDY_JSON}: seeds")
+    except MinimascopeError as exc:
+        notes.damaged.append(f"{exc}; seeds left out")
+        checked.pop("seeds")
+    measures = _mapping(checked.get("compare")).get("measures", [])
+    if not isinstance(measures, list) or not all(isinstance(m, str) and m in MEASURES for m in measures):
+        notes.bad(path, f"compare: measures {shown(measures, 60)} are not measure names; left out")
+        checked["compare"] = {k: v for k, v in checked["compare"].items() if k != "measures"}
+    arms = {}
+    for arm, config in checked.get("arms", {}).items():
+        try:
+            check_arm_name(arm, f"{STUDY_JSON}: arms")
+            expect(checked["arms"], arm, dict, f"{STUDY_JSON}: arms")
+        except MinimascopeError as exc:
+            notes.damaged.append(f"{exc}; arm left out")
+            continue
+        arms[arm] = _checked_fields(config, _ARM_FIELDS, f"{STUDY_JSON}: arms: {arm}", notes)
+        multiplier = arms[arm].get("std_multiplier")
+        if multiplier is not None and not (len(multiplier) == 3 and all(
+                isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) for m in multiplier)):
+            notes.bad(path, f"arms: {arm}: std_multiplier {shown(multiplier)} is not three numbers; left out")
+            arms[arm].pop("std_multiplier")
+    if "arms" in checked:
+        checked["arms"] = arms
+    if not isinstance(record.get("nodes", []), list):
+        notes.bad(path, "nodes is not a list; no node read")
+    return checked
+
+
+def _nodes(record: dict[str, Any], notes: _Notes) -> list[tuple[dict[str, Any], Path]]:
+    """study.json's nodes that can be read, each with its folder; every other one named in ``notes``."""
+    nodes = record.get("nodes", [])
+    checked = []
+    for index, node in enumerate(nodes if isinstance(nodes, list) else [], start=1):
+        try:
+            checked.append(_checked_node(node, notes.root, f"node {index}"))
+        except MinimascopeError as exc:
+            notes.bad(notes.root / STUDY_JSON, f"{exc}; node left out")
+    return checked
+
+
+def load_study(study_dir: str | Path, *, strict: bool = False) -> Study:
+    """Read everything the report shows from ``study_dir`` (see the module docstring); with ``strict``, a
+    damaged file is a MinimascopeError naming it instead of a line in :attr:`Study.damaged`."""
     root = Path(study_dir)
     path = root / STUDY_JSON
     if not path.is_file():
@@ -353,26 +433,38 @@ def load_study(study_dir: str | Path) -> Study:
     record = read_json(path, STUDY_JSON)
     if not isinstance(record, dict) or record.get("format") != STUDY_FORMAT:
         raise MinimascopeError(f"{path} is not a {STUDY_FORMAT} file")
-    missing: list[str] = []
+    notes = _Notes(root)
+    record = _checked_record(record, notes)
+    nodes = _nodes(record, notes)
+    record["nodes"] = [node for node, _ in nodes]
+    interrupted = any(node["status"] == "running" for node, _ in nodes) and not is_locked(root)
+    if interrupted:  # what was running when the study was killed: shown as such, not as running
+        nodes = [({**node, "status": INTERRUPTED} if node["status"] == "running" else node, folder)
+                 for node, folder in nodes]
     summary = None
     if (root / SUMMARY_CSV).is_file():
-        summary = read_summary(root / SUMMARY_CSV)
+        try:
+            summary, problems = read_summary(root / SUMMARY_CSV)
+            notes.damaged += [f"{SUMMARY_CSV}: {problem}" for problem in problems]
+        except MinimascopeError as exc:
+            notes.failed(root / SUMMARY_CSV, exc)
     else:
-        missing.append(f"{SUMMARY_CSV}: not found (numbers taken from each run's {RUN_JSON})")
-    nodes = [n for n in record.get("nodes", []) if isinstance(n, dict)]
+        notes.missing.append(f"{SUMMARY_CSV}: not found (numbers taken from each run's {RUN_JSON})")
     runs = {}
-    for node in nodes:
+    for node, folder in nodes:
         if node.get("kind") == "run":
-            run = _run_result(node, root, summary, missing)
+            run = _run_result(node, folder, summary, notes)
             runs[(run.arm, run.seed)] = run
-    measures = record.get("compare", {}).get("measures") or []  # none listed: whatever each folder holds
-    comparisons = [_comparison(n, root, measures, missing) for n in nodes
+    measures = _mapping(record.get("compare")).get("measures") or []  # none listed: whatever each folder holds
+    comparisons = [_comparison(n, folder, measures, notes) for n, folder in nodes
                    if n.get("kind") == "compare" and "seeds" not in n]
-    seed_comparisons = [_seed_comparison(n, root, measures, missing) for n in nodes
+    seed_comparisons = [_seed_comparison(n, folder, measures, notes) for n, folder in nodes
                         if n.get("kind") == "compare" and "seeds" in n]
     analyses: dict[str, list[Analysis]] = {kind: [] for kind in ANALYSES}
-    for node in nodes:
+    for node, folder in nodes:
         if node.get("kind") in ANALYSES:
-            analyses[node["kind"]].append(_analysis(node, root))
-    return Study(root, record, runs, comparisons, missing, seed_comparisons, analyses)
-
+            analyses[node["kind"]].append(_analysis(node, folder, notes))
+    if strict and notes.damaged:
+        raise MinimascopeError(f"damaged file {root}{os.sep}{notes.damaged[0]}")
+    return Study(root, record, runs, comparisons, notes.missing, seed_comparisons, analyses, notes.damaged,
+                 interrupted)

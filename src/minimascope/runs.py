@@ -12,6 +12,8 @@ the cost per step tests.
 
 from __future__ import annotations
 
+import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +60,45 @@ def is_completed(run_dir: str | Path) -> bool:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float | None]]:
-    """``metrics.csv`` as one dict per epoch (empty cells are None)."""
-    import csv
-
+    """``metrics.csv`` as one dict per epoch (empty cells are None). Strict: every row has the header's
+    fields, every cell is empty or a finite number and every epoch a positive whole number, else one line
+    naming the file, the row and the column."""
     path = Path(run_dir) / METRICS_CSV
     try:
-        with path.open(newline="") as f:
-            return [{k: (float(v) if v != "" else None) for k, v in row.items()} for row in csv.DictReader(f)]
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header or "epoch" not in header:
+                raise MinimascopeError(f"{path}: not a metrics file (no epoch column in its header)")
+            rows = []
+            for line, cells in enumerate(reader, start=2):
+                if len(cells) != len(header):
+                    raise MinimascopeError(f"{path}: line {line} has {len(cells)} fields, the header {len(header)}")
+                row = {column: _metric(cell, path, line, column) for column, cell in zip(header, cells)}
+                epoch = row["epoch"]
+                if epoch is None or epoch < 1 or not float(epoch).is_integer():
+                    raise MinimascopeError(f"{path}: line {line}: epoch {cells[header.index('epoch')]!r} is not "
+                                           f"a positive whole number")
+                rows.append(row)
+            return rows
     except OSError as exc:
         raise MinimascopeError(f"cannot read {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:  # binary bytes, a NUL, a broken quote
+        reason = exc.reason if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise MinimascopeError(f"{path}: not a metrics file ({reason})") from None
+
+
+def _metric(cell: str, path: Path, line: int, column: str) -> float | None:
+    """One metrics.csv cell: empty is None, anything else a finite number."""
+    if cell == "":
+        return None
+    try:
+        value = float(cell)
+    except ValueError:
+        raise MinimascopeError(f"{path}: line {line}: {column} {cell[:40]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise MinimascopeError(f"{path}: line {line}: {column} is {cell}, not a finite number")
+    return value
 
 
 def snapshot_path(run_dir: str | Path, epoch: int) -> Path:

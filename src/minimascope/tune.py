@@ -25,17 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from minimascope import io
+from minimascope.analyses import SEED_LIMIT
 from minimascope.errors import MinimascopeError
 from minimascope.study import StudyOutcome, resolve_data, run_nodes
 from minimascope.study.graph import Node
 from minimascope.study.plan import assign_keys
-from minimascope.study.records import write_csv
+from minimascope.study.records import check_setting_name, check_study_folder, write_csv
 from minimascope.study.spec import checked_config, resolve_source, train_options
 from minimascope.study.state import StudyProgress
 
 TUNE_KEYS = ("defaults", "grid", "folds", "seed")
 TUNE_PRESETS = ("tune",)
 TUNE_CSV, SUMMARY_CSV, BEST_YAML = "tune.csv", "tune-summary.csv", "best.yaml"
+NUM_CLASSES = 10  # a train_subset is class-balanced: its smallest class holds train_subset // 10 images
 # Set by the tune itself.
 NOT_IN_GRID = ("seed", "data_seed", "folds", "fold", "val_size", "init_from", "weights")
 
@@ -92,16 +94,38 @@ def load_tune(text: str | Path, folds: int | None = None) -> TuneSpec:
     k = folds if folds is not None else values.get("folds", 5)
     seed = values.get("seed", 0)
     for key, value, low in (("folds", k, 2), ("seed", seed, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise MinimascopeError(f"{file}: {key}: must be an integer >= {low}, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value < SEED_LIMIT:
+            raise MinimascopeError(f"{file}: {key}: must be an integer in {low}..2**63-1, got {value!r}")
     settings = _grid(values["grid"], f"{file}: grid")
     for setting in settings:
         checked_config({**defaults, **setting, "folds": k, "fold": 0}, f"{file}: grid")
+        subset = setting.get("train_subset", defaults.get("train_subset"))
+        if subset:
+            check_folds(k, subset // NUM_CLASSES, f"{file}: folds", f"train_subset {subset}")
     spec = TuneSpec(name, source, defaults, tuple(settings), k, seed)
-    names = [spec.setting_name(s) for s in settings]
+    names = [check_setting_name(spec.setting_name(s), f"{file}: grid") for s in settings]
     if len(set(names)) != len(names):
         raise MinimascopeError(f"{file}: grid: a setting is listed twice")
     return spec
+
+
+def check_folds(folds: int, per_class: int, where: str, what: str) -> None:
+    """Each fold holds out part of every class: a class with fewer images than folds leaves a fold without it."""
+    if folds > per_class:
+        raise MinimascopeError(f"{where}: {folds} folds need at least {folds} training images of each class; "
+                               f"{what} has {per_class} of its smallest class")
+
+
+def _check_folds_of_data(spec: TuneSpec, data: str) -> None:
+    """Settings that train on the whole training set: their folds against its smallest class."""
+    if all(s.get("train_subset", spec.defaults.get("train_subset")) for s in spec.settings):
+        return
+    import torch
+
+    from minimascope import data as cifar
+
+    labels = cifar.load_cifar10(data).train_labels
+    check_folds(spec.folds, int(torch.bincount(labels).min()), f"{spec.source}: folds", f"the training set of {data}")
 
 
 def tune_nodes(spec: TuneSpec, data: str) -> list[Node]:
@@ -150,7 +174,9 @@ def run_tune(spec: TuneSpec, tune_dir: str | Path, *, data: str | None = None, e
     from minimascope import data as cifar
 
     tune_dir = Path(tune_dir)
+    check_study_folder(tune_dir, "tune")
     data = resolve_data(data, spec.defaults.get("data"))
+    _check_folds_of_data(spec, data)
     nodes = tune_nodes(spec, data)
     header = {"name": spec.name, "source": spec.source, "data": {"source": data, "key": cifar.content_key(data)},
               "folds": spec.folds, "seed": spec.seed, "executor": executor}

@@ -32,8 +32,9 @@ USAGE_ERROR = 2  # bad input of any kind, as Click uses for usage errors
 DIVERGED = 3  # `train`: the run diverged (a loss stopped being finite)
 INTERRUPTED = 130
 
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: names from files (arms, paths) are printed as they are (":smile:" stays ":smile:").
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 def print_error(message: str) -> None:

@@ -22,10 +22,10 @@ def cache_command(
     root = data.cache_root()
     entries = data.clear_caches() if clear else data.list_caches()
     if not entries:
-        console.print(f"no caches in {root}", highlight=False)
+        console.print(f"no caches in {root}", highlight=False, markup=False)
         return
     for entry in entries:
         console.print(f"{_size(entry.size_bytes):>10}  {entry.path.name}  {entry.source}", highlight=False,
-                      soft_wrap=True)
+                      markup=False, soft_wrap=True)
     total = _size(sum(entry.size_bytes for entry in entries))
-    console.print(f"{'removed' if clear else 'total'} {total} in {root}", highlight=False)
+    console.print(f"{'removed' if clear else 'total'} {total} in {root}", highlight=False, markup=False)

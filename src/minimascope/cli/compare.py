@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from minimascope.cli._app import RichStageProgress, app, console, one_line_errors, split_names
 
@@ -44,5 +45,5 @@ def compare_command(
         square = matrix.values.shape[0] == matrix.values.shape[1]
         diagonal = f", mean diagonal {matrix.values.diagonal().mean():.4f}" if square else ""
         console.print(f"{matrix.measure} ({matrix.kind}): {matrix.values.shape[0]}x{matrix.values.shape[1]} layers, "
-                      f"n={matrix.n_samples}{diagonal}")
-    console.print(f"[green]written[/green] {out_dir}")
+                      f"n={matrix.n_samples}{diagonal}", highlight=False, markup=False)
+    console.print(f"[green]written[/green] {escape(str(out_dir))}", highlight=False)

@@ -5,6 +5,10 @@ to that row's aliases too (``connect`` for ``connectivity``, hidden from ``--hel
 library call (the row's run-level shell in :mod:`minimascope.minima`) and prints a short summary. Results
 never go into a run directory: by default ``analyses/<run>/<name>`` or ``analyses/<A>_vs_<B>/<name>``, or
 ``--out``.
+
+The options of a row's table (:class:`minimascope.analyses.Option`: default, help, range) are the command's:
+:func:`table_option` declares one, :func:`check` checks them all before anything is loaded, as the study
+file's are.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from minimascope.analyses import ANALYSES
 from minimascope.cli._app import app, console, one_line_errors
@@ -36,6 +41,21 @@ def analysis_command(name: str) -> Callable[[Callable], Callable]:
     return register
 
 
+def table_option(analysis: str, name: str, *declarations: str) -> typer.models.OptionInfo:
+    """The command-line option of row ``analysis``'s option ``name``: its default and help from the table."""
+    option = ANALYSES[analysis].options[name]
+    return typer.Option(option.default, *declarations, help=option.help)
+
+
+def check(analysis: str, **values: object) -> None:
+    """The options of the table, checked (ranges, types, relations) before anything runs."""
+    ANALYSES[analysis].check_options(values, analysis, flags=True)
+
+
+def _written(out_dir: Path) -> str:
+    return f"[green]written[/green] {escape(str(out_dir))}"
+
+
 def _default_out(out: Optional[Path], name: str, *runs: Path) -> Path:
     if out is not None:
         return out
@@ -46,22 +66,23 @@ def _default_out(out: Optional[Path], name: str, *runs: Path) -> Path:
 @analysis_command("sharpness")
 def sharpness_command(
     run: Path = typer.Argument(..., help=RUN_HELP),
-    images: int = typer.Option(1000, help="class-balanced subset of N TRAINING images (the loss that was minimised)"),
-    k: int = typer.Option(3, help="top eigenvalues computed"),
-    tol: float = typer.Option(1e-3, help="relative residual at which an eigenvalue counts as converged"),
-    max_iter: int = typer.Option(100, help="at most this many Lanczos steps for the top eigenvalues"),
-    rel_error: float = typer.Option(1e-2, help="Hutchinson trace: stop when its standard error is below this share"),
-    max_probes: int = typer.Option(1000, help="Hutchinson trace: at most this many probes"),
-    density_steps: int = typer.Option(64, help="Lanczos steps of the eigenvalue density"),
+    images: int = table_option("sharpness", "images"),
+    k: int = table_option("sharpness", "k"),
+    tol: float = table_option("sharpness", "tol"),
+    max_iter: int = table_option("sharpness", "max_iter"),
+    rel_error: float = table_option("sharpness", "rel_error"),
+    max_probes: int = table_option("sharpness", "max_probes"),
+    density_steps: int = table_option("sharpness", "density_steps"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: analyses/<run>/sharpness)"),
     data_source: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    seed: int = typer.Option(0, help="seed of the image subset and of the probes"),
-    batch_size: int = typer.Option(1000, help="images per Hessian-vector product batch (memory, not results)"),
-    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive",
-                                  help="also λ1 and trace of D·H·D, D = |w| (unchanged by a batch-norm rescaling)"),
+    seed: int = table_option("sharpness", "seed"),
+    batch_size: int = typer.Option(1000, min=1, help="images per Hessian-vector product batch (memory, not results)"),
+    adaptive: bool = table_option("sharpness", "adaptive", "--adaptive/--no-adaptive"),
 ) -> None:
     """Top Hessian eigenvalues, trace and eigenvalue density of a run's training loss (eval mode)."""
+    check("sharpness", images=images, k=k, tol=tol, max_iter=max_iter, rel_error=rel_error, max_probes=max_probes,
+          density_steps=density_steps, seed=seed, adaptive=adaptive)
     from minimascope.minima.sharpness import sharpness_of_run
 
     out_dir = _default_out(out, "sharpness", run)
@@ -77,7 +98,7 @@ def sharpness_command(
     if result.adaptive is not None:
         console.print(f"rescaling-invariant (D·H·D, D = |w|): λ1 {result.adaptive.eigenvalues.values[0]:.4g}, "
                       f"trace {result.adaptive.trace.value:.4g}", highlight=False)
-    console.print(f"loss {result.loss:.4g} on {result.n_images} training images; [green]written[/green] {out_dir}",
+    console.print(f"loss {result.loss:.4g} on {result.n_images} training images; {_written(out_dir)}",
                   highlight=False)
 
 
@@ -85,17 +106,17 @@ def sharpness_command(
 def connectivity_command(
     run_a: Path = typer.Argument(..., help=RUN_HELP + " (A, alpha = 0)"),
     run_b: Path = typer.Argument(..., help=RUN_HELP + " (B, alpha = 1)"),
-    points: int = typer.Option(11, help="evenly spaced points on the path from A to B, ends included"),
-    images: int = typer.Option(1000, help="class-balanced subsets of N train and N test images"),
-    align: bool = typer.Option(True, "--align/--no-align",
-                               help="also walk to B with its channels permuted onto A's (weight matching)"),
+    points: int = table_option("connectivity", "points"),
+    images: int = table_option("connectivity", "images"),
+    align: bool = table_option("connectivity", "align", "--align/--no-align"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: analyses/<A>_vs_<B>/connectivity)"),
     data_source: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    seed: int = typer.Option(0, help="seed of the image subsets and of weight matching's order"),
-    batch_size: int = typer.Option(500, help="images per forward pass"),
+    seed: int = table_option("connectivity", "seed"),
+    batch_size: int = typer.Option(500, min=1, help="images per forward pass"),
 ) -> None:
     """Loss and error along the straight line between two runs' weights, and its barrier."""
+    check("connectivity", points=points, images=images, align=align, seed=seed)
     from minimascope.minima.connectivity import connectivity_of_runs
 
     out_dir = _default_out(out, "connectivity", run_a, run_b)
@@ -106,16 +127,17 @@ def connectivity_command(
         console.print(f"{curve.variant:<22} barrier: train loss {barriers['train_loss']:.4g}, "
                       f"test error {barriers['test_error']:.4g}", highlight=False)
     console.print(f"{len(result.alphas)} points, {result.n_train} train / {result.n_test} test images; "
-                  f"[green]written[/green] {out_dir}", highlight=False)
+                  f"{_written(out_dir)}", highlight=False)
 
 
 @analysis_command("weights")
 def weights_command(
     run: Path = typer.Argument(..., help="run directory (its initial.pt gives the distances from init)"),
-    threshold: float = typer.Option(1e-3, help="|w| below this counts as a small weight"),
+    threshold: float = table_option("weights", "threshold"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: analyses/<run>/weights)"),
 ) -> None:
     """Per conv/linear layer: norm, distance from init, effective and stable rank, small weights, spectrum."""
+    check("weights", threshold=threshold)
     from minimascope.minima.weights import weights_of_run
 
     out_dir = _default_out(out, "weights", run)
@@ -125,7 +147,7 @@ def weights_command(
     moved = f", relative distance from init {min(distances):.3g}–{max(distances):.3g}" if distances else ""
     console.print(f"{len(stats.layers)} layers: effective rank {min(ranks):.3g}–{max(ranks):.3g}{moved}",
                   highlight=False)
-    console.print(f"[green]written[/green] {out_dir}", highlight=False)
+    console.print(_written(out_dir), highlight=False)
 
 
 @analysis_command("mistakes")
@@ -134,14 +156,17 @@ def mistakes_command(
     run_b: Path = typer.Argument(..., help="run directory of B (the same test images)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: analyses/<A>_vs_<B>/mistakes)"),
     data_source: Optional[str] = typer.Option(None, "--data", help=DATA_HELP + "; for the image grids"),
+    limit: int = table_option("mistakes", "limit"),
+    seed: int = table_option("mistakes", "seed"),
 ) -> None:
     """Which test images two runs get wrong: both, only A, only B, against independent errors."""
+    check("mistakes", limit=limit, seed=seed)
     from minimascope.minima.mistakes import mistakes_of_runs
 
     out_dir = _default_out(out, "mistakes", run_a, run_b)
-    c = mistakes_of_runs(run_a, run_b, out_dir, data_source=data_source)
+    c = mistakes_of_runs(run_a, run_b, out_dir, data_source=data_source, limit=limit, seed=seed)
     console.print(f"{c.n} test images: both wrong {c.both_wrong} (independent errors: {c.expected_both_wrong:.1f}), "
                   f"only {c.label_a} {c.only_a_wrong}, only {c.label_b} {c.only_b_wrong}, both right {c.both_right}",
-                  highlight=False)
-    console.print(f"more overlap than chance: p = {c.p_value_more_overlap:.3g}; [green]written[/green] {out_dir}",
+                  highlight=False, markup=False)
+    console.print(f"more overlap than chance: p = {c.p_value_more_overlap:.3g}; {_written(out_dir)}",
                   highlight=False)

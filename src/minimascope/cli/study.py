@@ -9,13 +9,14 @@ from typing import Any, Optional
 import typer
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from minimascope.cli._app import app, console, one_line_errors
 
 STATUS_STYLE = {"completed": "green", "running": "cyan", "pending": "dim", "failed": "red", "diverged": "yellow",
-                "skipped": "yellow"}
+                "skipped": "yellow", "interrupted": "magenta"}
 
 
 def _duration(seconds: float | None) -> str:
@@ -27,16 +28,16 @@ def _duration(seconds: float | None) -> str:
 
 
 def node_line(node_json: dict[str, Any]) -> str:
-    """One line for a finished node."""
+    """One line for a finished node; names (arms, paths, reasons) printed as they are, never as markup."""
     status, time_s = node_json["status"], node_json.get("time_s")
-    line = f"[{STATUS_STYLE.get(status, '')}]{status:<9}[/] {node_json['id']}"
+    line = f"[{STATUS_STYLE.get(status, '')}]{status:<9}[/] {escape(node_json['id'])}"
     final = node_json.get("final") or {}
     if final.get("test_accuracy") is not None:
         line += f"  test acc {final['test_accuracy']:.3f} loss {final['test_loss']:.3f}"
     if time_s is not None:
         line += f"  {time_s:.1f}s"
     if node_json.get("reason"):
-        line += f"  ({node_json['reason']})"
+        line += f"  ({escape(node_json['reason'])})"
     return line
 
 
@@ -54,14 +55,14 @@ class RichStudyProgress:
             return Group()
         done = sum(n for status, n in state.counts().items() if status not in ("pending", "running"))
         remaining = state.remaining()
-        head = Text.from_markup(f"[bold]{state.header['name']}[/bold]  nodes {done}/{len(state.nodes)}  "
+        head = Text.from_markup(f"[bold]{escape(state.header['name'])}[/bold]  nodes {done}/{len(state.nodes)}  "
                                 f"elapsed {_duration(state.elapsed())}  remaining ~{_duration(remaining)}")
         lines = [head]
         for node in state.running():
             epoch = state.epochs.get(node.id)
             detail = f" epoch {epoch}/{node.params['config']['epochs']}" if epoch is not None and \
                 node.kind == "run" else ""
-            lines.append(Text.from_markup(f"  [cyan]running[/cyan] {node.id}{detail}"))
+            lines.append(Text.from_markup(f"  [cyan]running[/cyan] {escape(node.id)}{detail}"))
         return Group(*lines)
 
     def start(self, state) -> None:
@@ -86,7 +87,8 @@ def _closing(outcome, what: str) -> None:
     from minimascope.study import exit_status
 
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items()))
-    console.print(f"{what} {outcome.study_dir}: {counts} in {_duration(outcome.wall_time_s)}", highlight=False)
+    console.print(f"{what} {outcome.study_dir}: {counts} in {_duration(outcome.wall_time_s)}", highlight=False,
+                  markup=False)
     status = exit_status(outcome.counts)
     if status:
         raise typer.Exit(status)
@@ -127,37 +129,43 @@ def study_command(
                         download_weights=download_weights, executor=executor,
                         executor_options=_executor_options(ray_address, cpus_per_run, gpus_per_run)
                         if executor == "ray" else None, progress=progress)
-    from minimascope.report import write_report
+    from minimascope.cli.report import write_and_announce
 
-    console.print(f"report {write_report(study_dir)}", highlight=False)
+    write_and_announce(study_dir)
     _closing(outcome, "study")
 
 
 @app.command("status")
 @one_line_errors
 def status_command(study_dir: Path = typer.Argument(..., help="a study (or tune) directory")) -> None:
-    """Every node of a study with its status, time and final metrics."""
+    """Every node of a study with its status, time and final metrics. Nodes a killed driver left
+    running are shown as interrupted: the next ``study`` resumes them."""
+    from minimascope.io import is_locked
     from minimascope.study.records import read_study_record
 
-    record = read_study_record(study_dir)
-    table = Table(title=f"{record.get('name')} ({record.get('source')}), updated {record.get('updated')}")
+    record = read_study_record(study_dir)  # names, types and paths checked: a damaged study.json is one line
+    running = is_locked(study_dir)
+    title = f"{record.get('name')} ({record.get('source')}), updated {record.get('updated')}"
+    table = Table(title=escape(title))
     for column in ("node", "status", "epoch", "time", "test acc", "test loss", "reason"):
         table.add_column(column, overflow="fold")
+    counts: dict[str, int] = {}
     for node in record["nodes"]:
         final = node.get("final") or {}
-        status = node["status"]
+        status = "interrupted" if node["status"] == "running" and not running else node["status"]
+        counts[status] = counts.get(status, 0) + 1
         table.add_row(
-            node["id"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
+            escape(node["id"]), f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
             str(node.get("diverged_epoch") or node.get("epoch") or ""), _duration(node.get("time_s"))
             if node.get("time_s") is not None else "",
             f"{final['test_accuracy']:.4f}" if final.get("test_accuracy") is not None else "",
-            f"{final['test_loss']:.4f}" if final.get("test_loss") is not None else "", node.get("reason") or "")
+            f"{final['test_loss']:.4f}" if final.get("test_loss") is not None else "", escape(node.get("reason") or ""))
     console.print(table)
-    counts: dict[str, int] = {}
-    for node in record["nodes"]:
-        counts[node["status"]] = counts.get(node["status"], 0) + 1
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
-                  f"; wall time {_duration(record.get('wall_time_s'))}", highlight=False)
+                  f"; wall time {_duration(record.get('wall_time_s'))}", highlight=False, markup=False)
+    if counts.get("interrupted"):
+        console.print(f"interrupted: no driver holds {Path(study_dir) / '.lock'}; run the study again to resume it",
+                      highlight=False, markup=False)
 
 
 @app.command("tune")
@@ -174,7 +182,7 @@ def tune_command(
 ) -> None:
     """Grid of train options × k stratified folds of the training set; ranks the settings by mean
     validation accuracy and writes the best as a YAML usable as a study file's ``defaults``."""
-    from minimascope.tune import load_tune, run_tune
+    from minimascope.tune import BEST_YAML, load_tune, run_tune
 
     spec = load_tune(tune, folds=folds)
     tune_dir = out or Path("tunes") / spec.name
@@ -183,14 +191,19 @@ def tune_command(
     outcome, ranked = run_tune(spec, tune_dir, data=data, executor=executor,
                                executor_options=_executor_options(ray_address, cpus_per_run, gpus_per_run)
                                if executor == "ray" else None, progress=progress)
-    table = Table(title=f"{spec.name}: {spec.folds}-fold validation, ranked by mean validation accuracy")
+    table = Table(title=f"{escape(spec.name)}: {spec.folds}-fold validation, ranked by mean validation accuracy")
     for column in ("rank", "setting", "val acc", "val loss", "folds"):
         table.add_column(column)
     for row in ranked:
         scored = row["val_accuracy_mean"] is not None
-        table.add_row(str(row["rank"] or ""), row["setting"],
+        table.add_row(str(row["rank"] or ""), escape(row["setting"]),
                       f"{row['val_accuracy_mean']:.4f} ± {row['val_accuracy_std']:.4f}" if scored else "",
                       f"{row['val_loss_mean']:.4f}" if scored else "", str(row["folds_completed"]))
     console.print(table)
-    console.print(f"best setting: {tune_dir / 'best.yaml'} ({_duration(time.perf_counter() - started)})")
+    took = _duration(time.perf_counter() - started)
+    if ranked and ranked[0]["rank"] is not None:  # best.yaml is written only when a setting has a completed fold
+        console.print(f"best setting: {tune_dir / BEST_YAML} ({took})", highlight=False, markup=False)
+    else:
+        console.print(f"no best setting: no fold completed, no {BEST_YAML} written ({took})", highlight=False,
+                      markup=False)
     _closing(outcome, "tune")

@@ -36,12 +36,13 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_bytes, atomic_write_json, read_json, read_result_json
+from minimascope.io import atomic_write_bytes, atomic_write_json, older_format, read_result_fields
 
 CONNECTIVITY_FORMAT = "minimascope-connectivity-v2"
 OLDER_FORMATS = ("minimascope-connectivity-v1",)  # without the chord-form barrier and standard errors
 CONNECTIVITY_JSON = "connectivity.json"
 CONNECTIVITY_PNG = "connectivity.png"
+CONNECTIVITY_FILES = (CONNECTIVITY_JSON, CONNECTIVITY_PNG)  # what an output folder of connectivity holds
 BN_MODES = ("interpolate", "recompute")
 METRICS = ("train_loss", "train_error", "test_loss", "test_error")
 MATCHED = "+matched"
@@ -182,8 +183,11 @@ def linear_connectivity(model_a: nn.Module, model_b: nn.Module, train_images: Te
                                f"choose from {', '.join(BN_MODES)}")
     if points < 2:
         raise MinimascopeError(f"a path needs at least 2 points, got {points}")
-    if model_a.state_dict().keys() != model_b.state_dict().keys():
-        raise MinimascopeError("the two networks have different architectures")
+    shapes_a, shapes_b = ({k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (model_a, model_b))
+    if shapes_a != shapes_b:
+        differ = next(k for k in {**shapes_a, **shapes_b} if shapes_a.get(k) != shapes_b.get(k))
+        raise MinimascopeError(f"the two networks have different architectures (first difference: {differ}, "
+                               f"{shapes_a.get(differ)} and {shapes_b.get(differ)})")
     device = next(model_a.parameters()).device if device is None else torch.device(device)
     alphas = torch.linspace(0, 1, points, dtype=torch.float64).tolist()
     targets = [("", model_b)]
@@ -215,27 +219,37 @@ def linear_connectivity(model_a: nn.Module, model_b: nn.Module, train_images: Te
     return Connectivity(alphas, curves, len(train_labels), len(test_labels), labels, settings)
 
 
-def write_connectivity(result: Connectivity, out_dir: str | Path) -> list[Path]:
-    """``connectivity.json`` and ``connectivity.png`` in ``out_dir``; returns their paths."""
+def write_connectivity(result: Connectivity, out_dir: str | Path, inputs: Sequence[str] = ()) -> list[Path]:
+    """``connectivity.json`` (with ``inputs``: the sha256 of the two networks' weights) and
+    ``connectivity.png`` in ``out_dir``; returns their paths."""
     out = Path(out_dir)
-    atomic_write_json(out / CONNECTIVITY_JSON, result.to_dict())
+    atomic_write_json(out / CONNECTIVITY_JSON, {**result.to_dict(), "inputs": list(inputs)})
     connectivity_figure(result, out / CONNECTIVITY_PNG)
     return [out / CONNECTIVITY_JSON, out / CONNECTIVITY_PNG]
 
 
 def read_connectivity(path: str | Path) -> Connectivity:
     """A ``connectivity.json`` (or the folder holding one) back as a :class:`Connectivity`."""
-    file = Path(path) / CONNECTIVITY_JSON if Path(path).is_dir() else Path(path)
-    if file.is_file() and isinstance(older := read_json(file), dict) and older.get("format") in OLDER_FORMATS:
-        raise MinimascopeError(f"{path} was written by an older minimascope ({older['format']}, without the chord "
+    if (older := older_format(path, CONNECTIVITY_JSON, OLDER_FORMATS)) is not None:
+        raise MinimascopeError(f"{path} was written by an older minimascope ({older}, without the chord "
                                f"barrier and standard errors); re-run `minimascope connectivity` (or the study)")
-    record = read_result_json(path, CONNECTIVITY_FORMAT, CONNECTIVITY_JSON, "connectivity result")
-    curves = [PathCurve(variant, **{m: values[m] for m in METRICS},
-                        standard_errors={m: [math.nan if v is None else v for v in values["standard_errors"][m]]
-                                         for m in values["standard_errors"]})
-              for variant, values in record["variants"].items()]
-    return Connectivity(record["alphas"], curves, record["n_train"], record["n_test"], tuple(record["labels"]),
-                        record["settings"])
+    fields = read_result_fields(path, CONNECTIVITY_FORMAT, CONNECTIVITY_JSON, "connectivity result")
+    alphas = fields.numbers("alphas")
+    if len(alphas) < 2:
+        fields.fail("alphas", "at least 2 numbers", alphas)
+    variants = fields.child("variants")
+    curves = []
+    for variant in variants.keys():
+        values = variants.child(variant)
+        errors = values.child("standard_errors")
+        curves.append(PathCurve(variant, **{m: values.numbers(m, length=len(alphas)) for m in METRICS},
+                                standard_errors={m: errors.numbers(m, length=len(alphas), nullable=True)
+                                                 for m in errors.keys()}))
+    if not curves:
+        fields.fail("variants", "at least one path", {})
+    labels = fields.texts("labels", length=2)
+    return Connectivity(alphas, curves, fields.integer("n_train", minimum=1), fields.integer("n_test", minimum=1),
+                        (labels[0], labels[1]), fields.child("settings").record)
 
 
 def connectivity_figure(result: Connectivity, path: str | Path) -> None:
@@ -264,21 +278,28 @@ def connectivity_figure(result: Connectivity, path: str | Path) -> None:
 def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, *, points: int = 11,
                          images: int = 1000, align: bool = True, bn_modes: Sequence[str] = BN_MODES,
                          data_source: str | None = None, device: str = "auto", seed: int = 0,
-                         batch_size: int = 500) -> Connectivity:
+                         batch_size: int = 500, study_node: bool = False) -> Connectivity:
     """:func:`linear_connectivity` between two runs' final networks (run directories or weights files) on
     class-balanced subsets of ``images`` CIFAR-10 training and ``images`` test images (drawn with ``seed``;
     batch-norm statistics are recomputed from the same training images), written to ``out_dir``. Both runs
     must have been trained on identically normalised inputs: between two normalisations no path means
-    anything."""
+    anything. ``out_dir`` is checked by :func:`~minimascope.minima.common.check_analysis_folder` before
+    anything is computed (``study_node``: the study's own folder)."""
     from minimascope import data, models
     from minimascope.env import resolve_device
-    from minimascope.minima.common import balanced_inputs, check_analysis_folder
+    from minimascope.minima.common import balanced_inputs, check_analysis_folder, result_folder, weights_identity
 
-    out = check_analysis_folder(out_dir)
+    check_analysis_folder(out_dir, CONNECTIVITY_FILES, study_node=study_node)  # before anything is loaded
     torch_device = resolve_device(device)
     path_a, path_b = Path(run_a).resolve(), Path(run_b).resolve()
     model_a, payload_a = models.load_trained(path_a)
     model_b, payload_b = models.load_trained(path_b)
+    identity = [weights_identity(path_a), weights_identity(path_b)]
+    check_analysis_folder(out_dir, CONNECTIVITY_FILES, identity, study_node=study_node)
+    if (payload_a["arch"], payload_a["num_classes"]) != (payload_b["arch"], payload_b["num_classes"]):
+        raise MinimascopeError(f"{path_a.name} is a {payload_a['arch']} with {payload_a['num_classes']} classes, "
+                               f"{path_b.name} a {payload_b['arch']} with {payload_b['num_classes']}: no straight "
+                               f"path joins two architectures")
     if payload_a["normalization"] != payload_b["normalization"]:
         raise MinimascopeError(f"{path_a.name} and {path_b.name} were trained on differently normalised inputs; "
                                f"a path between them has no input that suits both")
@@ -297,5 +318,6 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
                         f"statistics recomputed from the same train images"}
     result = Connectivity(result.alphas, result.curves, result.n_train, result.n_test, result.labels,
                           {**result.settings, **source})
-    write_connectivity(result, out)
+    with result_folder(out_dir, CONNECTIVITY_FILES, identity, study_node=study_node) as out:
+        write_connectivity(result, out, identity)
     return result

@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 
 from minimascope.data import CLASSES
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_result_json
+from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text, older_format, read_result_fields
 from minimascope.stats import McNemarTest, mcnemar_exact
 
 MISTAKES_FORMAT = "minimascope-mistakes-v2"
@@ -51,6 +51,7 @@ MISTAKES_JSON = "mistakes.json"
 MISTAKES_CSV = "mistakes.csv"
 ONLY_A_PNG = "only_a.png"
 ONLY_B_PNG = "only_b.png"
+MISTAKES_FILES = (MISTAKES_JSON, MISTAKES_CSV, ONLY_A_PNG, ONLY_B_PNG)  # what an output folder of mistakes holds
 GRID_LIMIT = 32  # images a grid shows: 4 rows of 8, a sample the eye can take in (each costs ~25 ms to draw)
 _MISTAKE_COLUMNS = ("index", "true", "predicted_a", "predicted_b")
 _CSV_COLUMNS = ("class", "n", "errors_a", "error_rate_a", "errors_b", "error_rate_b", "both_wrong",
@@ -314,11 +315,11 @@ def _csv_text(comparison: MistakeComparison) -> str:
 
 def write_mistakes(comparison: MistakeComparison, out_dir: str | Path,
                    images: np.ndarray | torch.Tensor | None = None, *, limit: int = GRID_LIMIT,
-                   seed: int = 0) -> list[Path]:
+                   seed: int = 0, inputs: Sequence[str] = ()) -> list[Path]:
     """``mistakes.json`` (format ``minimascope-mistakes-v2``: table, rates, significance, McNemar's test, per class,
-    every image only one network gets wrong), ``mistakes.csv`` (per class) and, when the test
-    ``images`` (uint8 (N, 3, H, W), the ones predicted) are given, ``only_a.png`` and ``only_b.png``;
-    returns the paths written."""
+    every image only one network gets wrong; ``inputs``: the sha256 of the predictions it is of),
+    ``mistakes.csv`` (per class) and, when the test ``images`` (uint8 (N, 3, H, W), the ones predicted) are
+    given, ``only_a.png`` and ``only_b.png``; returns the paths written."""
     out = Path(out_dir)
     figures = []
     if images is not None:
@@ -327,7 +328,7 @@ def write_mistakes(comparison: MistakeComparison, out_dir: str | Path,
                                                    f"{a} wrong, {b} right", limit=limit, seed=seed)),
                    (out / ONLY_B_PNG, mistake_grid(images, comparison.only_b, comparison,
                                                    f"{b} wrong, {a} right", limit=limit, seed=seed))]
-    atomic_write_json(out / MISTAKES_JSON, comparison.to_dict())
+    atomic_write_json(out / MISTAKES_JSON, {**comparison.to_dict(), "inputs": list(inputs)})
     atomic_write_text(out / MISTAKES_CSV, _csv_text(comparison))
     for path, figure in figures:
         atomic_write_bytes(path, _png(figure))
@@ -336,47 +337,57 @@ def write_mistakes(comparison: MistakeComparison, out_dir: str | Path,
 
 def read_mistakes(path: str | Path) -> MistakeComparison:
     """Read ``mistakes.json`` (a file, or the folder holding it) back into :class:`MistakeComparison`."""
-    file = Path(path) / MISTAKES_JSON if Path(path).is_dir() else Path(path)
-    if file.is_file() and isinstance(older := read_json(file), dict) and older.get("format") in OLDER_FORMATS:
-        raise MinimascopeError(f"{path} was written by an older minimascope ({older['format']}, without McNemar's "
+    if (older := older_format(path, MISTAKES_JSON, OLDER_FORMATS)) is not None:
+        raise MinimascopeError(f"{path} was written by an older minimascope ({older}, without McNemar's "
                                f"test); re-run `minimascope mistakes` (or the study) to rewrite it")
-    data = read_result_json(path, MISTAKES_FORMAT, MISTAKES_JSON)
-    try:
-        counts = data["counts"]
-        return MistakeComparison(
-            label_a=data["label_a"], label_b=data["label_b"], class_names=tuple(data["class_names"]), n=int(data["n"]),
-            both_wrong=int(counts["both_wrong"]), only_a_wrong=int(counts["only_a_wrong"]),
-            only_b_wrong=int(counts["only_b_wrong"]), both_right=int(counts["both_right"]),
-            expected_both_wrong=float(data["expected_both_wrong"]),
-            kappa=math.nan if data["kappa"] is None else float(data["kappa"]),
-            p_value_more_overlap=float(data["p_value_more_overlap"]),
-            p_value_less_overlap=float(data["p_value_less_overlap"]),
-            per_class=tuple(ClassMistakes(c["class"], int(c["n"]), int(c["errors_a"]), int(c["errors_b"]),
-                                          int(c["both_wrong"])) for c in data["per_class"]),
-            only_a=tuple(Mistake(*map(int, row)) for row in data["only_a"]),
-            only_b=tuple(Mistake(*map(int, row)) for row in data["only_b"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MinimascopeError(f"{path}: malformed {MISTAKES_FORMAT} file ({type(exc).__name__}: {exc})") from None
+    fields = read_result_fields(path, MISTAKES_FORMAT, MISTAKES_JSON, "mistakes result")
+    counts = fields.child("counts")
+    table = [counts.integer(key, minimum=0) for key in ("both_wrong", "only_a_wrong", "only_b_wrong", "both_right")]
+    n = fields.integer("n", minimum=1)
+    if sum(table) != n:
+        counts.fail("", f"four counts that sum to n = {n}", table)
+    class_names = tuple(fields.texts("class_names"))
+    per_class = tuple(ClassMistakes(c.text("class"), *(c.integer(k, minimum=0) for k in ("n", "errors_a", "errors_b",
+                                                                                           "both_wrong")))
+                      for c in fields.children("per_class", length=len(class_names)))
+    only = {}
+    for side in ("only_a", "only_b"):
+        rows = fields.matrix(side, columns=len(_MISTAKE_COLUMNS), of=int)
+        if any(not 0 <= row[0] < n or not all(0 <= c < len(class_names) for c in row[1:]) for row in rows):
+            fields.fail(side, f"rows of an image in 0..{n - 1} and three classes in 0..{len(class_names) - 1}", rows)
+        only[side] = tuple(Mistake(*row) for row in rows)
+    kappa = fields.number("kappa", nullable=True)
+    return MistakeComparison(
+        label_a=fields.text("label_a"), label_b=fields.text("label_b"), class_names=class_names, n=n,
+        both_wrong=table[0], only_a_wrong=table[1], only_b_wrong=table[2], both_right=table[3],
+        expected_both_wrong=fields.number("expected_both_wrong"), kappa=kappa,
+        p_value_more_overlap=fields.number("p_value_more_overlap"),
+        p_value_less_overlap=fields.number("p_value_less_overlap"), per_class=per_class, **only)
 
 
 # ----------------------------------------------------------------------------- two runs, on disk
 
 
 def mistakes_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, *, data_source: str | None = None,
-                     limit: int = GRID_LIMIT, seed: int = 0) -> MistakeComparison:
+                     limit: int = GRID_LIMIT, seed: int = 0, study_node: bool = False) -> MistakeComparison:
     """:func:`compare_mistakes` of two runs' final test predictions (their ``predictions.pt``), written
     to ``out_dir`` with grids of the test images (from the CIFAR-10 source, by each prediction's
-    ``test_index``) that only one run gets wrong. Both runs must have predicted the same test images."""
+    ``test_index``) that only one run gets wrong. Both runs must have predicted the same test images.
+    ``out_dir`` is checked by :func:`~minimascope.minima.common.check_analysis_folder` (``study_node``: the
+    study's own folder)."""
     from minimascope import data
-    from minimascope.minima.common import check_analysis_folder
-    from minimascope.runs import read_predictions
+    from minimascope.minima.common import check_analysis_folder, result_folder
+    from minimascope.models import file_sha256
+    from minimascope.runs import PREDICTIONS, read_predictions
 
-    out = check_analysis_folder(out_dir)
+    check_analysis_folder(out_dir, MISTAKES_FILES, study_node=study_node)  # before anything is loaded
     path_a, path_b = Path(run_a).resolve(), Path(run_b).resolve()
     for path in (path_a, path_b):
         if not path.is_dir():
             raise MinimascopeError(f"not a run directory: {path} (mistakes are read from a run's predictions.pt)")
     predictions_a, predictions_b = read_predictions(path_a), read_predictions(path_b)
+    identity = [file_sha256(path / PREDICTIONS) for path in (path_a, path_b)]
+    check_analysis_folder(out_dir, MISTAKES_FILES, identity, study_node=study_node)
     if not torch.equal(predictions_a["test_index"], predictions_b["test_index"]):
         raise MinimascopeError(f"{path_a.name} and {path_b.name} predicted different test images "
                                f"({len(predictions_a['test_index'])} and {len(predictions_b['test_index'])}); "
@@ -393,5 +404,6 @@ def mistakes_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
                                                                                       f"B {path_b.name}")
     comparison = compare_mistakes(predictions_a["predicted"], predictions_b["predicted"], labels,
                                   label_a=label_a, label_b=label_b)
-    write_mistakes(comparison, out, cifar.test_images[index], limit=limit, seed=seed)
+    with result_folder(out_dir, MISTAKES_FILES, identity, study_node=study_node) as out:
+        write_mistakes(comparison, out, cifar.test_images[index], limit=limit, seed=seed, inputs=identity)
     return comparison

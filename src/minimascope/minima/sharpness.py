@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,14 +48,15 @@ from torch import Tensor, nn
 from minimascope.curvature import TraceEstimate, hessian_vector_product, hutchinson_trace, rademacher_like
 from minimascope.errors import MinimascopeError
 from minimascope.fast_layers import fast_forward
-from minimascope.io import atomic_write_bytes, atomic_write_json, read_json, read_result_json
+from minimascope.io import Fields, atomic_write_bytes, atomic_write_json, older_format, read_result_fields
+from minimascope.layers import evaluating
 from minimascope.minima.lanczos import TopEigenvalues, lanczos_top_eigenvalues, slq_density, smooth_density
-from minimascope.similarity.activations import evaluating
 
 SHARPNESS_FORMAT = "minimascope-sharpness-v3"
 OLDER_FORMATS = ("minimascope-sharpness-v1", "minimascope-sharpness-v2")  # without the |w|-scaled sharpness
 SHARPNESS_JSON = "sharpness.json"
 DENSITY_PNG = "density.png"
+SHARPNESS_FILES = (SHARPNESS_JSON, DENSITY_PNG)  # what an output folder of sharpness holds
 DEFAULT_BATCH_SIZE = 1000  # 1,000 CIFAR images are one batch: its graph is built once and reused by every product
 # The smoothed density: POINTS points over the nodes' span plus MARGIN of it on each side, a Gaussian kernel
 # of WIDTH times the span (so the margin is 5 kernel widths: each tail left out holds < 3e-7 of the mass),
@@ -331,53 +333,52 @@ def sharpness(model: nn.Module, images: Tensor, labels: Tensor, out_dir: str | P
     return result
 
 
-def write_sharpness(result: Sharpness, out_dir: str | Path) -> list[Path]:
+def write_sharpness(result: Sharpness, out_dir: str | Path, inputs: Sequence[str] = ()) -> list[Path]:
+    """``sharpness.json`` (with ``inputs``, the sha256 of the weights it is of) and ``density.png``."""
     out = Path(out_dir)
-    atomic_write_json(out / SHARPNESS_JSON, result.to_dict())
+    atomic_write_json(out / SHARPNESS_JSON, {**result.to_dict(), "inputs": list(inputs)})
     density_figure(result.density, out / DENSITY_PNG, title=f"Hessian eigenvalue density, n = {result.n_images}")
     return [out / SHARPNESS_JSON, out / DENSITY_PNG]
 
 
-def _older_format(path: str | Path) -> str | None:
-    """The format of an older minimascope's ``sharpness.json`` at ``path`` (a file or its folder), if it is one."""
-    file = Path(path) / SHARPNESS_JSON if Path(path).is_dir() else Path(path)
-    try:
-        found = read_json(file).get("format")
-    except (MinimascopeError, AttributeError):
-        return None
-    return found if found in OLDER_FORMATS else None
-
-
 def read_sharpness(path: str | Path) -> Sharpness:
     """A ``sharpness.json`` (or the folder holding one) back as a :class:`Sharpness`."""
-    try:
-        record = read_result_json(path, SHARPNESS_FORMAT, SHARPNESS_JSON, "sharpness result")
-    except MinimascopeError:
-        older = _older_format(path)
-        if older is None:
-            raise
+    older = older_format(path, SHARPNESS_JSON, OLDER_FORMATS)
+    if older is not None:
         raise MinimascopeError(f"{path} was written by an older minimascope ({older}, without the |w|-scaled "
-                               f"sharpness); re-run `minimascope sharpness` (or the study) to rewrite it") from None
-    try:
-        density, scaled = record["density"], record["adaptive"]
-        return Sharpness(
-            eigenvalues=TopEigenvalues(record["eigenvalues"], record["eigenvalue_iterations"],
-                                       record["eigenvalues_converged"]),
-            trace=TraceEstimate(record["trace"], record["trace_stderr"], record["probes"], record["trace_converged"]),
-            density=Density(density["nodes"], density["weights"], density["steps"], density["probes"],
-                            density["grid"], density["smoothed"], density["sigma"]),
-            n_images=record["n_images"],
-            parameters=record["parameters"],
-            seed=record["seed"],
-            settings=record["settings"],
-            adaptive=None if scaled is None else AdaptiveSharpness(
-                TopEigenvalues(scaled["eigenvalues"], scaled["eigenvalue_iterations"], scaled["eigenvalues_converged"]),
-                TraceEstimate(scaled["trace"], scaled["trace_stderr"], scaled["probes"], scaled["trace_converged"])),
-            loss=record["loss"],
-            gradient_norm=record["gradient_norm"],
-        )
-    except (KeyError, TypeError) as exc:
-        raise MinimascopeError(f"{path}: malformed {SHARPNESS_FORMAT} file ({type(exc).__name__}: {exc})") from None
+                               f"sharpness); re-run `minimascope sharpness` (or the study) to rewrite it")
+    fields = read_result_fields(path, SHARPNESS_FORMAT, SHARPNESS_JSON, "sharpness result")
+    density = fields.child("density")
+    nodes = density.numbers("nodes")
+    grid = density.numbers("grid")
+    scaled = None if fields.raw("adaptive") is None else fields.child("adaptive")
+    return Sharpness(
+        eigenvalues=_top_eigenvalues(fields),
+        trace=_trace(fields),
+        density=Density(nodes, density.numbers("weights", length=len(nodes)), density.integer("steps", minimum=1),
+                        density.integer("probes", minimum=1), grid,
+                        density.numbers("smoothed", length=len(grid)), density.number("sigma")),
+        n_images=fields.integer("n_images", minimum=1),
+        parameters=fields.integer("parameters", minimum=1),
+        seed=fields.integer("seed"),
+        settings=fields.child("settings").record,
+        adaptive=None if scaled is None else AdaptiveSharpness(_top_eigenvalues(scaled), _trace(scaled)),
+        loss=None if fields.raw("loss") is None else fields.number("loss"),
+        gradient_norm=None if fields.raw("gradient_norm") is None else fields.number("gradient_norm"),
+    )
+
+
+def _top_eigenvalues(fields: Fields) -> TopEigenvalues:
+    values = fields.numbers("eigenvalues")
+    if not values:
+        fields.fail("eigenvalues", "at least one number", values)
+    return TopEigenvalues(values, fields.integer("eigenvalue_iterations", minimum=0),
+                          fields.flag("eigenvalues_converged"))
+
+
+def _trace(fields: Fields) -> TraceEstimate:
+    return TraceEstimate(fields.number("trace"), fields.number("trace_stderr"), fields.integer("probes", minimum=1),
+                         fields.flag("trace_converged"))
 
 
 def density_figure(density: Density, path: str | Path, *, title: str) -> None:
@@ -401,18 +402,22 @@ def density_figure(density: Density, path: str | Path, *, title: str) -> None:
 def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 1000, data_source: str | None = None,
                      device: str = "auto", seed: int = 0, k: int = 3, tol: float = 1e-3, max_iter: int = 100,
                      rel_error: float = 1e-2, max_probes: int = 1000, density_steps: int = 64,
-                     batch_size: int = DEFAULT_BATCH_SIZE, adaptive: bool = True) -> Sharpness:
+                     batch_size: int = DEFAULT_BATCH_SIZE, adaptive: bool = True,
+                     study_node: bool = False) -> Sharpness:
     """:func:`sharpness` of a run's final network (run directory or weights file) on a class-balanced
     subset of ``images`` CIFAR-10 TRAINING images (drawn with ``seed``; the training loss is the one the
     optimizer minimised), normalised as the run was trained; written to ``out_dir`` with the images
-    used stated in the JSON's settings."""
+    used stated in the JSON's settings. ``out_dir`` is checked before anything is computed
+    (:func:`~minimascope.minima.common.check_analysis_folder`; ``study_node``: the study's own folder)."""
     from minimascope import data, models
     from minimascope.env import resolve_device
-    from minimascope.minima.common import balanced_inputs, check_analysis_folder
+    from minimascope.minima.common import balanced_inputs, check_analysis_folder, result_folder, weights_identity
 
-    out = check_analysis_folder(out_dir)
+    check_analysis_folder(out_dir, SHARPNESS_FILES, study_node=study_node)  # before anything is loaded
     torch_device = resolve_device(device)
     model, payload = models.load_trained(run_dir)
+    identity = [weights_identity(run_dir)]
+    check_analysis_folder(out_dir, SHARPNESS_FILES, identity, study_node=study_node)
     data_key = data.content_key(data_source)
     cifar = data.load_cifar10(data_source)
     inputs, labels = balanced_inputs(payload, cifar.train_images, cifar.train_labels, images, seed)
@@ -423,5 +428,6 @@ def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 
               "subset": f"class-balanced, seed {seed}" if len(labels) < len(cifar.train_labels) else "all",
               "data": data_key, "mode": "eval (batch norm with running statistics)"}
     result = replace(result, settings={**result.settings, **source})
-    write_sharpness(result, out)
+    with result_folder(out_dir, SHARPNESS_FILES, identity, study_node=study_node) as out:
+        write_sharpness(result, out, identity)
     return result

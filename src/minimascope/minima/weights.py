@@ -28,7 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,13 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_result_json
+from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_result_fields
 
 WEIGHTS_FORMAT = "minimascope-weights-v1"
 WEIGHTS_JSON = "weights.json"
 WEIGHTS_CSV = "weights.csv"
 SPECTRA_PNG = "spectra.png"
+WEIGHTS_FILES = (WEIGHTS_JSON, WEIGHTS_CSV, SPECTRA_PNG)  # what an output folder of weights holds
 DEFAULT_THRESHOLD = 1e-3
 _CSV_COLUMNS = ("layer", "shape", "rows", "cols", "frobenius_norm", "distance_from_init",
                 "relative_distance_from_init", "effective_rank", "stable_rank", "small_weight_share",
@@ -254,12 +255,13 @@ def _layer_colours(count: int) -> list[tuple[float, ...]]:
     return [cmap(i / max(count - 1, 1)) for i in range(count)]
 
 
-def write_weight_statistics(stats: WeightStatistics, out_dir: str | Path) -> list[Path]:
-    """``weights.json`` (everything, format ``minimascope-weights-v1``), ``weights.csv`` (one row
-    per layer, no spectra) and ``spectra.png``; returns the paths written."""
+def write_weight_statistics(stats: WeightStatistics, out_dir: str | Path, inputs: Sequence[str] = ()) -> list[Path]:
+    """``weights.json`` (everything, format ``minimascope-weights-v1``, with ``inputs``: the sha256 of the
+    weights it is of), ``weights.csv`` (one row per layer, no spectra) and ``spectra.png``; returns the paths
+    written."""
     out = Path(out_dir)
-    paths = [out / WEIGHTS_JSON, out / WEIGHTS_CSV, out / SPECTRA_PNG]
-    atomic_write_json(paths[0], stats.to_dict())
+    paths = [out / name for name in WEIGHTS_FILES]
+    atomic_write_json(paths[0], {**stats.to_dict(), "inputs": list(inputs)})
     atomic_write_text(paths[1], _csv_text(stats))
     buffer = io.BytesIO()
     spectra_figure(stats).savefig(buffer, format="png", dpi=120)
@@ -267,45 +269,49 @@ def write_weight_statistics(stats: WeightStatistics, out_dir: str | Path) -> lis
     return paths
 
 
-def _nan_if_none(value: float | None) -> float:
-    return math.nan if value is None else float(value)
-
-
 def read_weight_statistics(path: str | Path) -> WeightStatistics:
     """Read ``weights.json`` (a file, or the folder holding it) back into :class:`WeightStatistics`."""
-    data = read_result_json(path, WEIGHTS_FORMAT, WEIGHTS_JSON)
-    try:
-        has_initial = bool(data["has_initial"])
-        layers = tuple(LayerStatistics(
-            layer=entry["layer"], shape=tuple(entry["shape"]), frobenius_norm=float(entry["frobenius_norm"]),
-            distance_from_init=_nan_if_none(entry["distance_from_init"]) if has_initial else None,
-            relative_distance_from_init=_nan_if_none(entry["relative_distance_from_init"]) if has_initial else None,
-            effective_rank=float(entry["effective_rank"]), stable_rank=float(entry["stable_rank"]),
-            small_weight_share=float(entry["small_weight_share"]),
-            singular_values=tuple(float(v) for v in entry["singular_values"])) for entry in data["layers"])
-        return WeightStatistics(label=data["label"], threshold=float(data["threshold"]), has_initial=has_initial,
-                                layers=layers)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MinimascopeError(f"{path}: malformed {WEIGHTS_FORMAT} file ({type(exc).__name__}: {exc})") from None
+    fields = read_result_fields(path, WEIGHTS_FORMAT, WEIGHTS_JSON, "weight statistics")
+    has_initial = fields.flag("has_initial")
+    layers = []
+    for entry in fields.children("layers"):
+        distance = entry.number("distance_from_init", nullable=True) if has_initial else None
+        relative = entry.number("relative_distance_from_init", nullable=True) if has_initial else None
+        layers.append(LayerStatistics(
+            layer=entry.text("layer"), shape=tuple(entry.integers("shape", minimum=1)),
+            frobenius_norm=entry.number("frobenius_norm"), distance_from_init=distance,
+            relative_distance_from_init=relative, effective_rank=entry.number("effective_rank"),
+            stable_rank=entry.number("stable_rank"), small_weight_share=entry.number("small_weight_share"),
+            singular_values=tuple(entry.numbers("singular_values"))))
+        if len(layers[-1].shape) not in (2, 4) or not layers[-1].singular_values:
+            entry.fail("shape", "2 or 4 sizes with singular values", entry.raw("shape"))
+    if not layers:
+        fields.fail("layers", "a non-empty list", [])
+    return WeightStatistics(label=fields.text("label"), threshold=fields.number("threshold"), has_initial=has_initial,
+                            layers=tuple(layers))
 
 
 # ----------------------------------------------------------------------------- run-level shells
 
 
-def weights_of_run(run_dir: str | Path, out_dir: str | Path, *,
-                   threshold: float = DEFAULT_THRESHOLD) -> WeightStatistics:
+def weights_of_run(run_dir: str | Path, out_dir: str | Path, *, threshold: float = DEFAULT_THRESHOLD,
+                   study_node: bool = False) -> WeightStatistics:
     """:func:`layer_statistics` of a run's final weights, distances taken from its ``initial.pt``,
-    written to ``out_dir`` (:func:`write_weight_statistics`). ``run_dir`` may also be a weights
-    file; then, or when a run directory has no ``initial.pt``, distances are left out (with a warning)."""
+    written to ``out_dir`` (:func:`write_weight_statistics`; checked by
+    :func:`~minimascope.minima.common.check_analysis_folder`, ``study_node``: the study's own folder).
+    ``run_dir`` may also be a weights file; then, or when a run directory has no ``initial.pt``,
+    distances are left out (with a warning)."""
     import warnings
 
-    from minimascope.minima.common import check_analysis_folder
+    from minimascope.minima.common import check_analysis_folder, result_folder, weights_identity
     from minimascope.models import read_weights
     from minimascope.runs import INITIAL_WEIGHTS
 
+    check_analysis_folder(out_dir, WEIGHTS_FILES, study_node=study_node)  # before anything is loaded
     run = Path(run_dir)
-    out = check_analysis_folder(out_dir)
     final = read_weights(run)
+    identity = [weights_identity(run)]
+    check_analysis_folder(out_dir, WEIGHTS_FILES, identity, study_node=study_node)
     initial = None
     if (run / INITIAL_WEIGHTS).is_file():
         initial = read_weights(run / INITIAL_WEIGHTS)
@@ -317,5 +323,6 @@ def weights_of_run(run_dir: str | Path, out_dir: str | Path, *,
                       stacklevel=2)
     stats = layer_statistics(final["state_dict"], None if initial is None else initial["state_dict"],
                              threshold=threshold, label=run.resolve().name if run.is_dir() else run.stem)
-    write_weight_statistics(stats, out)
+    with result_folder(out_dir, WEIGHTS_FILES, identity, study_node=study_node) as out:
+        write_weight_statistics(stats, out, identity)
     return stats

@@ -30,7 +30,6 @@ from minimascope.stats import (
     paired_comparison,
 )
 
-NOT_CHECKED = "not checked"  # the study lacks an arm the claim is about: no verdict rule applies
 ONE_SEED = "one seed: inconclusive"
 
 # The paper's own numbers, where it gives them.
@@ -55,8 +54,8 @@ VERDICT_RULES = (
     "interval lies above 1. Its variability is that of the steps within each run, not across seeds.",
     "Every p-value is printed with the smallest p its test can give at this number of seeds: the exact sign-flip "
     "test over 2^n sign assignments cannot go below 2/2^n (0.5 at 2 seeds, 0.25 at 3), the t test can reach 0.",
-    "A claim about an arm the study does not have is not checked; one whose arm has no finished runs is "
-    "inconclusive, and says why.",
+    "A claim about an arm the study does not have is not shown (the section lists those arms); one whose arm has "
+    "no finished runs is inconclusive, and says why.",
 )
 
 
@@ -65,7 +64,7 @@ class ClaimRow:
     claim: str  # the paper's claim, in words
     measured: str  # how it is measured here
     ours: str  # our numbers
-    verdict: str  # SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE or NOT_CHECKED
+    verdict: str  # SUPPORTED, NOT_SUPPORTED or INCONCLUSIVE
     reason: str  # the rule's outcome, or why there is no verdict
     direction: str = ""  # what the data point to, e.g. "AdaHessian higher than SGD"
     per_seed: str = ""  # the per-seed differences and how many seeds point each way
@@ -143,10 +142,6 @@ class Claim:
     def unavailable(self, reason: str) -> ClaimRow:
         """The row for a claim whose data this study lacks (an arm skipped, a comparison missing)."""
         return ClaimRow(self.claim, self.measured, "—", INCONCLUSIVE, reason)
-
-    def not_checked(self, reason: str) -> ClaimRow:
-        """The row for a claim about arms this study does not have."""
-        return ClaimRow(self.claim, self.measured, "—", NOT_CHECKED, reason)
 
 
 ACCURACY_MATCHES = Claim(

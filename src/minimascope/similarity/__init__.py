@@ -44,17 +44,22 @@ Submodules, each importing only those before it: ``factors`` (per-layer decompos
 are defined: patch ``factors.EXACT_EIGEN_LIMIT``, not the name re-exported here.
 """
 
+from minimascope.layers import LAYER_SETS
+from minimascope.layers import comparable_layers as default_layers
 from minimascope.similarity.activations import (
-    LAYER_SETS,
     POLICIES,
     Progress,
     capture_activations,
     check_layer_names,
     collect_activations,
-    default_layers,
 )
 from minimascope.similarity.factors import EXACT_EIGEN_LIMIT
-from minimascope.similarity.matrices import SimilarityMatrix, compare_activations, similarity_matrices
+from minimascope.similarity.matrices import (
+    SimilarityMatrix,
+    compare_activations,
+    read_similarity_matrix,
+    similarity_matrices,
+)
 from minimascope.similarity.measures import (
     DEFAULT_MEASURES,
     MEASURES,
@@ -73,5 +78,5 @@ __all__ = [
     "DEFAULT_MEASURES", "EXACT_EIGEN_LIMIT", "LAYER_SETS", "MEASURES", "POLICIES", "SVCCA_KEEP",
     "ArrayLike", "Measure", "MinibatchCKA", "Progress", "SimilarityMatrix", "SimilarityWarning",
     "capture_activations", "check_layer_names", "collect_activations", "compare_activations", "default_layers",
-    "linear_cka", "mean_cca", "procrustes_distance", "similarity_matrices", "svcca",
+    "linear_cka", "mean_cca", "procrustes_distance", "read_similarity_matrix", "similarity_matrices", "svcca",
 ]

@@ -1,5 +1,5 @@
-"""Activations of named layers: forward hooks (:func:`capture_activations`), the layers to compare
-in forward order (:func:`default_layers`), and batched collection (:func:`collect_activations`)."""
+"""Activations of named layers: forward hooks (:func:`capture_activations`) and batched collection
+(:func:`collect_activations`); the layers to compare in forward order come from :mod:`minimascope.layers`."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from minimascope.errors import MinimascopeError
+from minimascope.layers import evaluating
 from minimascope.similarity.measures import _check_samples
 
 Progress = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)`` while a comparison runs."""
 POLICIES = ("flatten", "spatial_mean")
-LAYER_SETS = ("conv_linear", "blocks")
 
 
 def check_layer_names(model: nn.Module, names: Sequence[str]) -> None:
@@ -35,18 +34,6 @@ def check_layer_names(model: nn.Module, names: Sequence[str]) -> None:
             hint = (f"did you mean {', '.join(close)}?" if close
                     else f"the model has {len(known)} named modules, e.g. {', '.join(known[1:4])}")
             raise MinimascopeError(f"unknown layer {name!r} in {type(model).__name__}; {hint}")
-
-
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration, restoring each module's own mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _apply_policy(output: Tensor, policy: str) -> Tensor:
@@ -85,47 +72,6 @@ def capture_activations(model: nn.Module, layer_names: Sequence[str],
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _forward_order(model: nn.Module, example_input: Tensor) -> list[str]:
-    """Names of the submodules in the order a forward pass enters them (first entry counts)."""
-    order: dict[str, None] = {}
-
-    def hook_for(name: str) -> Callable[[nn.Module, Any], None]:
-        def hook(module: nn.Module, inputs: Any) -> None:
-            order.setdefault(name)
-        return hook
-
-    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in model.named_modules() if name]
-    try:
-        with evaluating(model), torch.no_grad():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return list(order)
-
-
-def default_layers(model: nn.Module, example_input: Tensor, layer_set: str = "conv_linear") -> list[str]:
-    """Layers to compare, in forward order (found by a hooked dry forward of ``example_input``).
-
-    "conv_linear": every Conv2d and Linear the forward uses (torchvision resnet18: 21 — stem
-    conv, 16 block convs, 3 downsample convs, fc). "blocks": the first Conv2d, the output of
-    every residual block (torchvision BasicBlock/Bottleneck) and the last Linear (resnet18: 10)."""
-    if layer_set not in LAYER_SETS:
-        raise MinimascopeError(f"unknown layer set {layer_set!r}; choose one of {', '.join(LAYER_SETS)}")
-    modules = dict(model.named_modules())
-    order = _forward_order(model, example_input)
-    conv_linear = [n for n in order if isinstance(modules[n], (nn.Conv2d, nn.Linear))]
-    if layer_set == "conv_linear":
-        return conv_linear
-    blocks = [n for n in order if isinstance(modules[n], (BasicBlock, Bottleneck))]
-    if not blocks:
-        raise MinimascopeError(f"layer set 'blocks' needs residual blocks, and {type(model).__name__} has none; "
-                               f"use conv_linear")
-    first_conv = next(n for n in conv_linear if isinstance(modules[n], nn.Conv2d))
-    last_linear = [n for n in conv_linear if isinstance(modules[n], nn.Linear)][-1:]
-    return [first_conv, *blocks, *last_linear]
 
 
 def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:

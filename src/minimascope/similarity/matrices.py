@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from itertools import repeat
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,13 +17,14 @@ from torch import Tensor, nn
 
 from minimascope.env import physical_memory_bytes
 from minimascope.errors import MinimascopeError
+from minimascope.io import read_checked_json
+from minimascope.layers import comparable_layers as default_layers
 from minimascope.similarity.activations import (
     Progress,
     _batch_bounds,
     _iter_activations,
     check_layer_names,
     collect_activations,
-    default_layers,
 )
 from minimascope.similarity.factors import _PANEL, EXACT_EIGEN_LIMIT, _Factor, _layer_factor, _parallel_map
 from minimascope.similarity.measures import (
@@ -74,6 +76,33 @@ class SimilarityMatrix:
             "error_bound": None if self.error_bound is None else self.error_bound.tolist(),
             "by_construction": None if self.by_construction is None else self.by_construction.tolist(),
         }
+
+
+def read_similarity_matrix(path: str | Path) -> SimilarityMatrix:
+    """A ``<measure>.json`` as ``compare`` writes it (:meth:`SimilarityMatrix.to_dict`) back, every field
+    checked (types, one finite value per layer pair); a damaged file is one MinimascopeError naming it."""
+    fields = read_checked_json(path, "similarity matrix")
+    absent = [key for key in ("measure", "layers_a", "layers_b", "values") if key not in fields.record]
+    if absent:  # it has no format to name it: what it holds says what it is
+        raise MinimascopeError(f"{path} is not a similarity matrix (it has no {absent[0]})")
+    measure = fields.text("measure")
+    if measure not in MEASURES:
+        fields.fail("measure", f"one of {', '.join(MEASURES)}", measure)
+    layers_a, layers_b = fields.texts("layers_a"), fields.texts("layers_b")
+    if not layers_a or not layers_b:
+        fields.fail("layers_a" if not layers_a else "layers_b", "a non-empty list of layer names", [])
+    shape = len(layers_a), len(layers_b)
+    bound, forced = (fields.record.get(key) for key in ("error_bound", "by_construction"))
+
+    def optional(key: str, default: str) -> str:
+        return fields.text(key) if key in fields.record else default
+
+    return SimilarityMatrix(
+        measure, fields.text("kind"), optional("convention", ""), np.array(fields.matrix("values", *shape)),
+        tuple(layers_a), tuple(layers_b), fields.integer("n_samples", minimum=1), optional("policy", ""),
+        optional("label_a", "A"), optional("label_b", "B"),
+        None if bound is None else np.array(fields.matrix("error_bound", *shape)),
+        None if forced is None else np.array(fields.matrix("by_construction", *shape, of=bool)))
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,11 @@ from minimascope.study.graph import Node, run_node_id
 from minimascope.study.kinds import kind
 from minimascope.study.plan import study_nodes
 from minimascope.study.records import (
+    STUDY_JSON,
     STUDY_YAML,
     SUMMARY_COLUMNS,
     SUMMARY_CSV,
+    check_study_folder,
     read_study_record,
     summary_rows,
     write_csv,
@@ -109,17 +111,39 @@ def _changed_nodes(study_dir: Path, nodes: Sequence[Node]) -> str | None:
             f"{node.key}{differs}{more}. Nothing was run: use another --out or restore the study file")
 
 
+def _check_outputs(study_dir: Path, nodes: Sequence[Node]) -> None:
+    """Trust no completed marker blindly: a comparison or analysis whose promised files are gone is
+    forgotten (it runs again); a completed run that lacks its weights or whose run.json holds another
+    config than the study's is named in one line, and nothing runs."""
+    for node in nodes:
+        node_kind, node_dir = kind(node.kind), study_dir / node.path
+        if node.skip_reason or node_kind.stored(node_dir) is None:
+            continue
+        problem = node_kind.missing(node, node_dir)
+        if problem is None:
+            continue
+        if node.kind == "run":
+            raise MinimascopeError(f"{node.id}: {problem}. Nothing was run: restore it, or remove {node_dir} "
+                                   f"to train it again")
+        node_kind.forget(node_dir)
+
+
 def run_nodes(nodes: list[Node], study_dir: str | Path, header: dict[str, Any], *, executor: str = "local",
-              executor_options: dict[str, Any] | None = None, progress: StudyProgress | None = None) -> StudyOutcome:
+              executor_options: dict[str, Any] | None = None, progress: StudyProgress | None = None,
+              study_yaml: str | None = None) -> StudyOutcome:
     """Run ``nodes`` (keyed, in dependency order) into ``study_dir`` with an executor, keeping
-    ``study.json`` current. Shared by the study and by ``tune``."""
+    ``study.json`` current; ``study_yaml``, when given, is written once ``study.json`` is, so that a
+    folder never holds one without the other. Shared by the study and by ``tune``."""
     study_dir = Path(study_dir)
     check_executor(executor)
     problem = _changed_nodes(study_dir, nodes)
     if problem:
         raise MinimascopeError(problem)
+    _check_outputs(study_dir, nodes)
     state = StudyState(study_dir, nodes, header, progress)
     state.write()
+    if study_yaml is not None:
+        io.atomic_write_text(study_dir / STUDY_YAML, study_yaml)
     if progress:
         progress.start(state)
     try:
@@ -162,13 +186,16 @@ def run_study(source: str | Path, study_dir: str | Path, *, data: str | None = N
 
     check_executor(executor)
     spec = load_spec(source)
+    study_dir = Path(study_dir)
+    check_study_folder(study_dir)
+    if (study_dir / STUDY_JSON).is_file():
+        read_study_record(study_dir)  # a damaged study.json is one line before the data are loaded
     first = next(iter(spec.arms.values())).options
     data = resolve_data(data, first.get("data"))
     weights_file, missing = None, None
     if any(arm.options.get("pretrained") for arm in spec.arms.values()):
         weights_file, missing = imagenet_weights(weights, download_weights)
     nodes = study_nodes(spec, data, weights_file, missing)
-    study_dir = Path(study_dir)
     by_id = {node.id: node for node in nodes}
     header = {
         "name": spec.name, "source": spec.source, "data": _data_header(data, spec),
@@ -183,6 +210,5 @@ def run_study(source: str | Path, study_dir: str | Path, *, data: str | None = N
         problem = _changed_nodes(study_dir, nodes)
         if problem:
             raise MinimascopeError(problem)
-        io.atomic_write_text(study_dir / STUDY_YAML, yaml.safe_dump(spec.resolved(), sort_keys=False))
         return run_nodes(nodes, study_dir, header, executor=executor, executor_options=executor_options,
-                         progress=progress)
+                         progress=progress, study_yaml=yaml.safe_dump(spec.resolved(), sort_keys=False))

@@ -1,4 +1,5 @@
-"""Node kinds: for each, how its key is computed, what it left on disk, and how it runs.
+"""Node kinds: for each, how its key is computed, what it left on disk, what a finished one promises
+(:meth:`missing`: checked before its marker is trusted), and how it runs.
 
 ``KINDS`` holds a run, a comparison, and one :class:`AnalysisKind` per row of
 :data:`minimascope.analyses.ANALYSES`; adding an analysis is a row there, never a class here.
@@ -20,12 +21,14 @@ from minimascope import io
 from minimascope.analyses import ANALYSES, PER_ARM_PAIR
 from minimascope.errors import MinimascopeError
 from minimascope.study.graph import Node
-from minimascope.study.records import FINAL_STATUSES, result
+from minimascope.study.records import FINAL_STATUSES, NODE_JSON, result
 
 # report(node_id, event, epoch, epochs): event "started" or "epoch" (an epoch finished).
 Report = Callable[[str, str, int, int], None]
-COMPARISON_JSON = "comparison.json"
-COMPARISON_FORMAT = "minimascope-comparison-v1"
+# Studies before NODE_JSON wrote their record of a comparison node over compare's comparison.json
+# (with a "key"); those are still read.
+NODE_FORMAT = "minimascope-comparison-node-v1"
+OLD_NODE_JSON = "comparison.json"
 ANALYSIS_JSON = "analysis.json"
 ANALYSIS_FORMAT = "minimascope-analysis-node-v1"
 
@@ -38,6 +41,9 @@ class NodeKind(Protocol):
 
     def stored(self, node_dir: Path) -> dict[str, Any] | None:
         """What an earlier invocation left: {"key", "status", ...} as :func:`result` gives, or None."""
+
+    def missing(self, node: Node, node_dir: Path) -> str | None:
+        """What a finished node promises and ``node_dir`` lacks (or holds changed), in one line; None: all there."""
 
     def run(self, node: Node, study_dir: Path, report: Report) -> dict[str, Any]:
         """Compute the node (resuming what an interrupted invocation left) and return its result."""
@@ -93,6 +99,26 @@ class RunKind:
                          diverged_epoch=record.get("diverged_epoch"), final=record.get("final")),
                 "key": record.get("key"), "config": record.get("config", {})}
 
+    def missing(self, node: Node, node_dir: Path) -> str | None:
+        """A completed run's final.pt and metrics.csv, and run.json's config as the study gives it."""
+        from minimascope import runs
+        from minimascope.config import NOT_HASHED, PATH_FIELDS
+
+        record = runs.read_run_json(node_dir)
+        if record.get("status") != "completed":
+            return None
+        for name in (runs.FINAL_WEIGHTS, runs.METRICS_CSV):
+            if not (node_dir / name).is_file():
+                return f"{node_dir} says completed but has no {name}"
+        stored, given = record.get("config"), node.params["config"]
+        if not isinstance(stored, dict):
+            return f"{node_dir / runs.RUN_JSON} holds no config"
+        changed = [k for k, v in stored.items() if k in given and k not in NOT_HASHED + PATH_FIELDS and given[k] != v]
+        if changed:
+            return (f"{node_dir / runs.RUN_JSON} holds another config than its key says "
+                    f"(differs in: {', '.join(changed)})")
+        return None
+
     def run(self, node: Node, study_dir: Path, report: Report) -> dict[str, Any]:
         from minimascope.train import train
 
@@ -126,11 +152,24 @@ class CompareKind:
         return io.digest({"settings": node.params["settings"], "runs": dependency_keys})
 
     def stored(self, node_dir: Path) -> dict[str, Any] | None:
-        path = node_dir / COMPARISON_JSON
+        path = node_dir / NODE_JSON
         if not path.is_file():
-            return None  # never started, or interrupted: its measure files are simply written again
-        record = io.read_json(path, COMPARISON_JSON)
-        return {**result("completed"), "key": record.get("key")}
+            path = node_dir / OLD_NODE_JSON  # a study of the old layout, or compare's own record
+            if not path.is_file():
+                return None  # never started, or interrupted: its measure files are simply written again
+        record = io.read_json(path, path.name)
+        if path.name == OLD_NODE_JSON and isinstance(record, dict) and "key" not in record:
+            return None  # compare's record: the node was interrupted before its own record
+        return {**result("completed"), "key": _stored_key(record, path)}
+
+    def missing(self, node: Node, node_dir: Path) -> str | None:
+        return _first_missing(node_dir, [f"{m}.json" for m in node.params["settings"]["measures"]])
+
+    def forget(self, node_dir: Path) -> None:
+        """Remove the node's record, so that the node runs again (the old layout's record is compare's file)."""
+        (node_dir / NODE_JSON).unlink(missing_ok=True)
+        if self.stored(node_dir) is not None:
+            (node_dir / OLD_NODE_JSON).unlink(missing_ok=True)
 
     def run(self, node: Node, study_dir: Path, report: Report) -> dict[str, Any]:
         from minimascope.compare import compare_networks
@@ -141,11 +180,22 @@ class CompareKind:
         compare_networks(run_a, run_b, out, measures=settings["measures"], samples=settings["samples"],
                          layer_set=settings["layer_set"], policy=settings["policy"],
                          bootstrap=settings.get("bootstrap", 0), data_source=node.params["data"],
-                         device=node.params["device"])
-        io.atomic_write_json(out / COMPARISON_JSON, {
-            "format": COMPARISON_FORMAT, "key": node.key, "runs": node.params["run_paths"],
+                         device=node.params["device"], study_node=True)
+        io.atomic_write_json(out / NODE_JSON, {
+            "format": NODE_FORMAT, "key": node.key, "runs": node.params["run_paths"],
             "settings": settings, "finished": io.now()})
         return result("completed")
+
+
+def _stored_key(record: Any, path: Path) -> str:
+    if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+        raise MinimascopeError(f"{path} is not a study node record (no key)")
+    return record["key"]
+
+
+def _first_missing(node_dir: Path, names: list[str]) -> str | None:
+    absent = [name for name in names if not (node_dir / name).is_file()]
+    return f"{node_dir} has no {absent[0]}" if absent else None
 
 
 def absolute_inputs(inputs: dict[str, Any], study_dir: Path) -> dict[str, Any]:
@@ -176,7 +226,13 @@ class AnalysisKind:
         path = node_dir / ANALYSIS_JSON
         if not path.is_file():
             return None
-        return {**result("completed"), "key": io.read_json(path, ANALYSIS_JSON).get("key")}
+        return {**result("completed"), "key": _stored_key(io.read_json(path, ANALYSIS_JSON), path)}
+
+    def missing(self, node: Node, node_dir: Path) -> str | None:
+        return _first_missing(node_dir, [ANALYSES[self.name].result_file])
+
+    def forget(self, node_dir: Path) -> None:
+        (node_dir / ANALYSIS_JSON).unlink(missing_ok=True)
 
     def run(self, node: Node, study_dir: Path, report: Report) -> dict[str, Any]:
         info, params, out = ANALYSES[self.name], node.params, study_dir / node.path
@@ -186,7 +242,8 @@ class AnalysisKind:
         else:
             inputs = [study_dir / p for p in params["run_paths"]]
             read = {"runs": params["run_paths"]}
-        info.run(inputs, out, params["options"], data_source=params["data"], device=params["device"])
+        info.run(inputs, out, params["options"], data_source=params["data"], device=params["device"],
+                 study_node=True)
         io.atomic_write_json(out / ANALYSIS_JSON, {"format": ANALYSIS_FORMAT, "kind": self.name, "key": node.key,
                                                    **read, "finished": io.now()})
         return result("completed")

@@ -19,7 +19,11 @@ A study file (YAML) holds::
                                                       # different arms that holds one of these
 
 Every ``train`` option is a key of ``defaults`` and of each arm, checked as ``train`` checks it;
-``seed`` comes from ``seeds`` and ImageNet weights from the command line, so neither is a key.
+``seed`` comes from ``seeds`` and ImageNet weights from the command line, so neither is a key. Arm
+names are folder names (:func:`minimascope.study.records.check_arm_name`: at most 64 letters, digits,
+``_ . + -``, no ``..``, no ``_vs_``), seeds lie in 0..2**63-1, ``samples`` is at most the arms' test
+subset (the test set's 10,000 without one), and each analysis option is checked against its row of
+:data:`minimascope.analyses.ANALYSES` (type, range): every mistake is one line before anything runs.
 Presets ship in the package (``presets/<name>.yaml``) and are named instead of a path.
 """
 
@@ -31,11 +35,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from minimascope.analyses import ANALYSES, PER_ARM_PAIR
+from minimascope.analyses import ANALYSES, CIFAR_TEST_IMAGES, PER_ARM_PAIR
 from minimascope.config import TrainConfig
 from minimascope.errors import MinimascopeError
 from minimascope.io import read_yaml_mapping
 from minimascope.study.graph import topological_order
+from minimascope.study.records import check_arm_name, check_seed, shown
 
 STUDY_KEYS = ("defaults", "seeds", "arms", "compare", "analyses")
 # Each analysis a study file names under ``analyses`` and the options of its function it may set.
@@ -47,7 +52,7 @@ NOT_IN_STUDY_FILE = {
     "seed": "seeds are given by the study's 'seeds' list",
     "weights": "ImageNet weights come from --weights FILE or MINIMASCOPE_IMAGENET_WEIGHTS",
 }
-STUDY_PRESETS = ("paper", "quick", "tiny")
+STUDY_PRESETS = ("paper", "quick", "tiny", "optimizers")
 
 
 @dataclass(frozen=True)
@@ -187,9 +192,10 @@ def _defaults(raw: Any, file: Path) -> dict[str, Any]:
 def _seeds(raw: Any, file: Path) -> tuple[int, ...]:
     if raw is None:
         return (0,)
-    if (not isinstance(raw, list) or not raw
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw)):
-        raise MinimascopeError(f"{file}: seeds: must be a non-empty list of integers >= 0, got {raw!r}")
+    if not isinstance(raw, list) or not raw:
+        raise MinimascopeError(f"{file}: seeds: must be a non-empty list of integers >= 0, got {shown(raw)}")
+    for seed in raw:
+        check_seed(seed, f"{file}: seeds")
     if len(set(raw)) != len(raw):
         raise MinimascopeError(f"{file}: seeds: repeated seed in {raw!r}")
     return tuple(raw)
@@ -200,10 +206,8 @@ def _arms(raw: Any, defaults: dict[str, Any], file: Path) -> dict[str, Arm]:
         raise MinimascopeError(f"{file}: arms: must be a non-empty mapping of arm names to train options")
     arms = {}
     for name, values in raw.items():
-        name = str(name)
+        check_arm_name(name, f"{file}: arms")
         where = f"{file}: arm {name!r}"
-        if not name or any(c in name for c in "/\\ ~") or name.startswith("."):
-            raise MinimascopeError(f"{where}: arm names are folder names: no spaces, '/', '\\' or '~'")
         values = dict(values or {}) if isinstance(values, dict) or values is None else values
         if not isinstance(values, dict):
             raise MinimascopeError(f"{where}: must be a mapping of train options, got {type(values).__name__}")
@@ -243,15 +247,19 @@ def _compare(raw: Any, arms: dict[str, Arm], file: Path) -> CompareSpec:
             raise _unknown(where, str(key), COMPARE_KEYS)
     measures = raw.get("measures", list(CompareSpec.measures))
     measures = [measures] if isinstance(measures, str) else measures
-    if not isinstance(measures, list) or not measures:
-        raise MinimascopeError(f"{where}: measures: must be a non-empty list, got {measures!r}")
+    if not isinstance(measures, list) or not measures or not all(isinstance(m, str) for m in measures):
+        raise MinimascopeError(f"{where}: measures: must be a non-empty list of names, got {shown(measures)}")
     for measure in measures:
         if measure not in similarity.MEASURES:
             raise MinimascopeError(f"{where}: measures: unknown {measure!r}; "
                                    f"choose from {', '.join(similarity.MEASURES)}")
     samples = raw.get("samples", CompareSpec.samples)
-    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-        raise MinimascopeError(f"{where}: samples: must be an integer >= 1, got {samples!r}")
+    # Comparisons see a class-balanced subset of the test set; a run tested on a subset promises no more.
+    subsets = [arm.options["test_subset"] for arm in arms.values() if arm.options.get("test_subset")]
+    most = min(subsets, default=CIFAR_TEST_IMAGES)
+    if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= most:
+        raise MinimascopeError(f"{where}: samples: must be an integer in 1..{most} (the test "
+                               f"{'subset of the arms' if subsets else 'set'}), got {shown(samples)}")
     pairs = raw.get("pairs", "all")
     if pairs != "all":
         if not isinstance(pairs, list):
@@ -278,10 +286,10 @@ def _compare(raw: Any, arms: dict[str, Arm], file: Path) -> CompareSpec:
                 raise MinimascopeError(f"{where}: within: unknown arm {arm!r}; arms: {', '.join(arms)}")
         within = tuple(within)
     layer_set = raw.get("layer_set", CompareSpec.layer_set)
-    if layer_set not in similarity.LAYER_SETS:
+    if not isinstance(layer_set, str) or layer_set not in similarity.LAYER_SETS:
         raise MinimascopeError(f"{where}: layer_set: must be one of {', '.join(similarity.LAYER_SETS)}")
     policy = raw.get("policy", CompareSpec.policy)
-    if policy not in similarity.POLICIES:
+    if not isinstance(policy, str) or policy not in similarity.POLICIES:
         raise MinimascopeError(f"{where}: policy: must be one of {', '.join(similarity.POLICIES)}")
     bootstrap = raw.get("bootstrap", 0)
     if not isinstance(bootstrap, int) or isinstance(bootstrap, bool) or bootstrap < 0 or bootstrap == 1:
@@ -308,17 +316,16 @@ def _analyses(raw: Any, arms: dict[str, Arm], file: Path) -> AnalysesSpec:
             continue
         value = {} if value is True else value
         if not isinstance(value, dict):
-            raise MinimascopeError(f"{where}: {name}: must be true, false or a mapping of options, got {value!r}")
-        for key, option in value.items():
-            if key == "arms":
-                if not isinstance(option, list) or any(arm not in arms for arm in option):
-                    raise MinimascopeError(f"{where}: {name}: arms: must be a list of arms ({', '.join(arms)}), "
-                                           f"got {option!r}")
-                continue
-            if key not in ANALYSIS_OPTIONS[name]:
+            raise MinimascopeError(f"{where}: {name}: must be true, false or a mapping of options, got {shown(value)}")
+        chosen = value.get("arms", list(arms))
+        if not isinstance(chosen, list) or not all(isinstance(arm, str) and arm in arms for arm in chosen):
+            raise MinimascopeError(f"{where}: {name}: arms: must be a list of arms ({', '.join(arms)}), "
+                                   f"got {shown(chosen)}")
+        for key in value:
+            if key != "arms" and key not in ANALYSIS_OPTIONS[name]:
                 raise _unknown(f"{where}: {name}", str(key), (*ANALYSIS_OPTIONS[name], "arms"))
-            if not isinstance(option, (int, float)):
-                raise MinimascopeError(f"{where}: {name}: {key} must be a number or true/false, got {option!r}")
+        # Checked now, before any run trains; kept as written, so that the node keys stay what they were.
+        ANALYSES[name].check_options({k: v for k, v in value.items() if k != "arms"}, f"{where}: {name}")
         options[name] = dict(value)
     across = raw.get("across_seeds", [])
     if not isinstance(across, list) or not all(isinstance(a, str) for a in across):

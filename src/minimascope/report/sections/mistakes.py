@@ -52,7 +52,7 @@ def build(ctx: Context) -> dict[str, Any]:
         for name, who in zip(GRIDS, networks):
             source = first_pair.path / name
             if source.is_file():
-                grids.append({"src": ctx.copy(f"mistakes-{'_vs_'.join(arms)}-{name}", source), "pair": label,
+                grids.append({"src": ctx.copy(ctx.name("mistakes", arms, f"-{name}"), source), "pair": label,
                               "seed": first_pair.seed_text, "who": who})
     figure = ctx.figure("mistakes-classes.svg", lambda path: figures.class_errors_figure(class_pairs, path)) \
         if class_pairs else None

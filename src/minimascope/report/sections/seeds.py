@@ -77,8 +77,8 @@ def build(ctx: Context) -> dict[str, Any]:
             costs.append(_cost_row(label, result))
         if not result.tests:
             continue
-        tables.append({"pair": label, "csv": ctx.copy(f"seeds-{'_vs_'.join(result.arms)}.csv",
-                                                      analysis.path / SEEDS_CSV),
+        csv = ctx.copy(ctx.name("seeds", result.arms, ".csv"), analysis.path / SEEDS_CSV)
+        tables.append({"pair": label, "csv": csv,
                        "within_arms": ", ".join(result.within_arms),
                        "significant": sum(t.p_holm < ALPHA for t in result.tests), "count": len(result.tests),
                        "smallest": number(min(t.test.smallest_attainable_p for t in result.tests)),

@@ -91,7 +91,7 @@ def build(ctx: Context) -> dict[str, Any]:
         groups: dict[tuple, list[figures.Heatmap]] = {}  # one figure per layer list (normally one in all)
         for panel in panels:
             groups.setdefault((panel.layers_a, panel.layers_b), []).append(panel)
-        grids = [ctx.figure(f"similarity-{measure}{'' if i == 0 else f'-{i + 1}'}.png",
+        grids = [ctx.figure(ctx.name("similarity", (measure,), ".png" if i == 0 else f"-{i + 1}.png"),
                             partial(figures.heatmap_grid, group, value_range=value_range, kind=kind,
                                     colour_label=f"{measure} ({kind}: {direction} = more alike)"))
                  for i, group in enumerate(groups.values())]

@@ -8,11 +8,19 @@ upstream runs' weights from it and write their own results into it. Only the dri
 Each task sets torch's CPU thread count to ``threads`` (the driver's count unless given), because
 a different count changes how some CPU kernels split their sums and so the last bits of results:
 with equal counts a Ray study gives bit-identical results to a local one.
+
+A Ray instance the driver started is shut down when the driver ends: normally, by an error, by
+Ctrl-C, or by SIGTERM or SIGHUP (turned into an exit here, so that the shutdown runs). Nothing
+runs on SIGKILL; the next ``study`` resumes the nodes it left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +61,24 @@ def _run_node(node: Node, study_dir: str, threads: int, events: Any, *upstream: 
     return run_after(node, study_dir, list(upstream), report)
 
 
+@contextlib.contextmanager
+def _exit_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the driver through ``SystemExit`` (so ``finally`` blocks run) while it executes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, leave) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def execute(state: StudyState, study_dir: Path, *, address: str | None = None, cpus_per_run: float | None = None,
             gpus_per_run: float = 0.0, threads: int | None = None) -> None:
     import torch
@@ -60,6 +86,12 @@ def execute(state: StudyState, study_dir: Path, *, address: str | None = None, c
     if cpus_per_run is not None and cpus_per_run <= 0 or gpus_per_run < 0:
         raise MinimascopeError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
     threads = threads or (max(1, int(cpus_per_run)) if cpus_per_run else torch.get_num_threads())
+    with _exit_on_termination():
+        _execute(state, study_dir, address, cpus_per_run, gpus_per_run, threads)
+
+
+def _execute(state: StudyState, study_dir: Path, address: str | None, cpus_per_run: float | None,
+             gpus_per_run: float, threads: int) -> None:
     started_here = not ray.is_initialized()
     if started_here:
         try:
