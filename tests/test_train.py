@@ -132,6 +132,10 @@ def test_yaml_config_with_command_line_overrides(cifar_source: str, tmp_path: Pa
     ("optimizer: sam\noptimizer_args: [rho]\n", "optimizer_args must be a mapping of option names to values"),
     ("lr: [0.1\n", "bad YAML in"),
     ("- 1\n- 2\n", "must hold a mapping"),
+    ("dataset: cifar11\n", "dataset: unknown dataset 'cifar11'; did you mean cifar10?"),
+    ("arch: resnet34\n", "arch: unknown architecture 'resnet34'; did you mean resnet18? a torchvision or timm "
+                         "model is written torchvision:resnet34"),
+    ("arch: resnet18-cifar\npretrained: true\n", "pretrained: ImageNet weights exist for resnet18's"),
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path: Path, text: str, pattern: str) -> None:
     config = tmp_path / "c.yaml"
@@ -215,7 +219,7 @@ def test_cold_and_warm_cache_give_the_same_run(tmp_path: Path, monkeypatch: pyte
 def test_a_seed_changes_only_what_it_names(cifar_source: str) -> None:
     """`seed` draws init, data order and augmentation; `data_seed` the training subset; the test subset is
     one fixed class-balanced set for every run, recorded in run.json by a digest of its indices."""
-    from minimascope.train import describe_test_set, make_splits
+    from minimascope.splits import describe_test_set, make_splits
 
     cpu = torch.device("cpu")
     base = make_splits(small_config(cifar_source), cpu)
@@ -242,6 +246,9 @@ def test_the_studys_optimizers_keep_their_run_keys() -> None:
     assert TrainConfig(optimizer="adahessian", update_every=2, hessian_samples=3, coupled_weight_decay=True,
                        block_stat="signed_mean").hash() == "9308110fda222e06"
     assert TrainConfig(optimizer="sgd", snapshot_every=5).hash() == "d8ea42b845e37434"
+    assert TrainConfig(optimizer="sgd", dataset="cifar10").hash() == "d8ea42b845e37434"
+    assert "dataset" not in TrainConfig().to_dict()
+    assert TrainConfig(optimizer="sgd", dataset="cifar100").hash() != "d8ea42b845e37434"
     assert "optimizer_args" not in TrainConfig().to_dict() and "snapshot_every" not in TrainConfig().to_dict()
     sam = TrainConfig(optimizer="sam", optimizer_args={"rho": 0.1})
     assert sam.to_dict()["optimizer_args"] == {"rho": 0.1} and sam.hash() != TrainConfig(optimizer="sam").hash()
@@ -336,3 +343,30 @@ def test_interrupted_run_resumes_bit_identical(cifar_source: str, tmp_path: Path
         assert straight["optimizer"]["split"] == {"muon": ["3.weight"],
                                                   "adamw": ["0.weight", "0.bias", "1.weight", "1.bias", "3.bias",
                                                             "7.weight", "7.bias"]}
+
+
+def test_a_grayscale_image_folder_trains_with_resnet18_cifar(tmp_path: Path) -> None:
+    """28x28 grayscale images of three classes: a one-channel stem, a three-class head, the data set recorded in
+    run.json and final.pt, and the network rebuilt from final.pt alone."""
+    from test_datasets import write_tree
+
+    write_tree(tmp_path / "digits", ("one", "two", "three"), (28, 28), "L", per_class=6)
+    out = tmp_path / "run"
+    result = invoke("train", "--dataset", "imagefolder", "--data", str(tmp_path / "digits"), "--arch",
+                    "resnet18-cifar", "--epochs", "1", "--batch-size", "6", "--std-multiplier", "2",
+                    "--out", str(out))
+    assert result.exit_code == 0, result.output
+    record = runs.read_run_json(out)
+    assert record["config"]["dataset"] == "imagefolder"
+    described = record["dataset"]
+    assert described["classes"] == ["one", "three", "two"] and described["channels"] == 1
+    assert described["image_size"] == [28, 28] and len(described["mean"]) == 1
+    model, payload = models.load_trained(out)
+    assert payload["num_classes"] == 3 and payload["dataset"] == described
+    assert list(payload["normalization"]["std_multiplier"]) == [2.0] and model.conv1.in_channels == 1
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 3)
+    assert_one_line_error(invoke("train", "--dataset", "imagefolder", "--data", str(tmp_path / "digits"), "--arch",
+                                 "torchvision:resnet999", "--epochs", "1", "--out", str(tmp_path / "r2")),
+                          "unknown torchvision model 'resnet999'")
+    assert not (tmp_path / "r2").exists()

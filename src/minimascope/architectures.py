@@ -32,10 +32,11 @@ def check_arch_name(arch: str) -> str:
     if separator and source in SOURCES and name.strip() == name and name:
         return arch
     close = difflib.get_close_matches(arch, [*BUILTIN, *(f"{s}:{name or 'NAME'}" for s in SOURCES)], n=1, cutoff=0.6)
+    written = f"a torchvision or timm model is written torchvision:{arch} or timm:{arch}; "
     if close:
-        hint = f"did you mean {close[0]}? "
+        hint = f"did you mean {close[0]}? " + (written if not separator and arch else "")
     elif not separator and arch:
-        hint = f"a torchvision or timm model is written torchvision:{arch} or timm:{arch}; "
+        hint = written
     else:
         hint = ""
     raise MinimascopeError(f"unknown architecture {arch!r}; {hint}choose {CHOICES}")

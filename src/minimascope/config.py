@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minimascope import optim
+from minimascope import datasets, optim
+from minimascope.architectures import CHOICES, check_arch_name
 from minimascope.errors import MinimascopeError
 from minimascope.io import digest
 from minimascope.optim import BLOCK_STATS
 
-ARCHITECTURES = ("resnet18", "resnet18-cifar")
 # The fields that set the optimizer's hyperparameters where it takes them (optim.options says which).
 OPTIMIZER_FIELDS = ("lr", "momentum", "nesterov", "weight_decay", "betas", "eps", "hessian_power", "update_every",
                     "block_stat", "hessian_samples", "coupled_weight_decay")
@@ -38,7 +38,7 @@ NOT_HASHED = ("device", "eval_batch_size", "snapshot_every")
 PATH_FIELDS = ("data", "weights", "init_from")
 # Fields added after runs were first keyed: in to_dict() only when set, so that the records and keys of
 # configs that leave them alone stay what they were.
-ADDED_FIELDS = {"optimizer_args": {}, "snapshot_every": 0}
+ADDED_FIELDS = {"optimizer_args": {}, "snapshot_every": 0, "dataset": datasets.DEFAULT}
 SEED_LIMIT = 2**63  # torch seeds a generator with a 64-bit signed integer
 
 
@@ -55,7 +55,8 @@ class TrainConfig:
     optimizer_args: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "the optimizer's other options, e.g. {base: sgd, rho: 0.05} for sam (CLI: --optimizer-arg KEY=VALUE)"})
     arch: str = _option(
-        "resnet18", "resnet18 (ImageNet stem, as in the study) or resnet18-cifar (3x3 stem, no max-pool)")
+        "resnet18", f"{CHOICES}; resnet18 has the ImageNet stem, as in the study, resnet18-cifar a 3x3 stem and no "
+                    f"max-pool (see: minimascope models)")
     epochs: int | None = _option(None, f"epochs to train (default: 360 for sgd, 160 for adahessian, "
                                        f"{DEFAULT_EPOCHS} for others)")
     batch_size: int = _option(256, "training batch size")
@@ -84,13 +85,16 @@ class TrainConfig:
     data_seed: int = _option(
         0, "seed of the training subset and of the validation or fold split (the test subset is one fixed "
            "class-balanced set, the same for every run), so two seeds of an arm see the same images")
-    pretrained: bool = _option(False, "start from torchvision's ImageNet weights (new 10-class head)")
+    pretrained: bool = _option(False, "start from the architecture's published (ImageNet) weights, with a new head "
+                                      "of the data set's classes")
     weights: str | None = _option(
         None, "local ImageNet weights file (implies --pretrained; for machines without internet)")
     init_from: str | None = _option(None, "start from the final weights of another run directory")
+    dataset: str = _option(datasets.DEFAULT, f"the data set: {', '.join(datasets.DATASETS)} (see: minimascope "
+                                              f"datasets)")
     data: str | None = _option(
-        None, "CIFAR-10 source: image-folder tree, its .tar.gz, cifar-10-batches-py, or 'torchvision' "
-              "(env: MINIMASCOPE_DATA)")
+        None, "the data set's source, e.g. for cifar10 an image-folder tree, its .tar.gz, cifar-10-batches-py or "
+              "'torchvision' (env: MINIMASCOPE_DATA, cifar10 only)")
     train_subset: int | None = _option(None, "train on a class-balanced subset of N images")
     test_subset: int | None = _option(None, "evaluate on a class-balanced subset of N test images")
     val_size: int = _option(0, "hold out N training images (class-balanced) for validation")
@@ -105,8 +109,11 @@ class TrainConfig:
     snapshot_every: int = _option(0, "keep the weights every k epochs in snapshots/ (0: none), for trajectories")
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise MinimascopeError(f"arch: unknown {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        for name, check in (("arch", check_arch_name), ("dataset", datasets.get)):
+            try:
+                check(getattr(self, name))
+            except MinimascopeError as exc:
+                raise MinimascopeError(f"{name}: {exc}") from None
         self.weights = str(self.weights) if self.weights is not None else None
         self.init_from = str(self.init_from) if self.init_from is not None else None
         self.data = str(self.data) if self.data is not None else None
@@ -144,6 +151,9 @@ class TrainConfig:
             raise MinimascopeError(f"betas: must be two numbers in [0, 1), got {','.join(map(str, self.betas))}")
         if self.block_stat is not None and self.block_stat not in BLOCK_STATS:
             raise MinimascopeError(f"block_stat: unknown {self.block_stat!r}; choose one of {', '.join(BLOCK_STATS)}")
+        if self.pretrained and self.arch == "resnet18-cifar":
+            raise MinimascopeError("pretrained: ImageNet weights exist for resnet18's ImageNet stem, not for "
+                                   "resnet18-cifar")
         if any(m <= 0 for m in self.std_multiplier):
             raise MinimascopeError(f"std_multiplier: must be positive, got {self.std_multiplier}")
         if self.pretrained and self.init_from:

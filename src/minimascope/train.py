@@ -22,7 +22,6 @@ import statistics
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,17 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimascope import data, fast_layers, io, models, optim, runs
+from minimascope import data, datasets, fast_layers, io, models, optim, runs
 from minimascope.config import NOT_HASHED, TrainConfig, milestone_epochs
 from minimascope.env import environment, resolve_device
 from minimascope.errors import MinimascopeError
 from minimascope.optim.sam import running_statistics_frozen
+from minimascope.splits import describe_test_set, make_splits
 
 CHECKPOINT_FORMAT = "minimascope-checkpoint-v1"
-
-
-def input_normalization(config: TrainConfig) -> data.Normalization:
-    return data.Normalization(std_multiplier=tuple(config.std_multiplier))
 
 
 def init_key(config: TrainConfig) -> str | None:
@@ -60,12 +56,12 @@ def init_key(config: TrainConfig) -> str | None:
         if not Path(config.weights).is_file():
             raise MinimascopeError(f"weights file not found: {config.weights}")
         return models.file_sha256(Path(config.weights))
-    return f"torchvision:{models.IMAGENET_WEIGHTS}" if config.pretrained else None
+    return models.pretrained_weights_id(config.arch) if config.pretrained else None
 
 
 def run_key(config: TrainConfig) -> str:
     """The run's identity by content (see :meth:`TrainConfig.key`)."""
-    return config.key(data.content_key(config.data), init_key(config))
+    return config.key(data.content_key(config.data, config.dataset), init_key(config))
 
 
 class TrainProgress(Protocol):
@@ -74,50 +70,6 @@ class TrainProgress(Protocol):
     def start(self, first_epoch: int, epochs: int, steps_per_epoch: int) -> None: ...
     def step(self, loss: float) -> None: ...
     def epoch(self, row: dict[str, float | None]) -> None: ...
-
-
-@dataclass
-class Splits:
-    """The uint8 images and labels of each split, on the training device."""
-
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor] | None
-    test: tuple[torch.Tensor, torch.Tensor]
-    test_index: torch.Tensor | None = None  # indices of the test images into the CIFAR-10 test set
-
-
-def make_splits(config: TrainConfig, device: torch.device, *, progress: data.Progress | None = None) -> Splits:
-    cifar = data.load_cifar10(config.data, progress=progress)
-    train_index = torch.arange(len(cifar.train_labels))
-    if config.train_subset is not None:
-        train_index = data.balanced_subset(cifar.train_labels, config.train_subset, config.data_seed)
-    val_index = None
-    labels = cifar.train_labels[train_index]
-    if config.folds is not None:
-        kept, held = data.kfold_split(labels, config.folds, config.fold, config.data_seed)
-        train_index, val_index = train_index[kept], train_index[held]
-    elif config.val_size:
-        kept, held = data.stratified_split(labels, config.val_size, config.data_seed)
-        train_index, val_index = train_index[kept], train_index[held]
-    test_index = torch.arange(len(cifar.test_labels))
-    if config.test_subset is not None:
-        test_index = data.balanced_subset(cifar.test_labels, config.test_subset, data.TEST_SUBSET_SEED)
-
-    def on_device(images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor):
-        return images[index].to(device), labels[index].to(device)
-
-    return Splits(
-        train=on_device(cifar.train_images, cifar.train_labels, train_index),
-        val=on_device(cifar.train_images, cifar.train_labels, val_index) if val_index is not None else None,
-        test=on_device(cifar.test_images, cifar.test_labels, test_index),
-        test_index=test_index,
-    )
-
-
-def describe_test_set(test_index: torch.Tensor) -> dict[str, Any]:
-    """What run.json records of the test images: how many, and a digest of which (equal digests: the same
-    images, so two runs' predictions pair image by image)."""
-    return {"images": len(test_index), "digest": io.digest(test_index.tolist())}
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -152,7 +104,10 @@ class _Run:
                  data_progress: data.Progress | None = None) -> None:
         self.config, self.key, self.run_dir, self.device = config, key, run_dir, device
         self.splits = make_splits(config, device, progress=data_progress)
-        self.model = models.build_model(config.arch, len(data.CLASSES), seed=config.seed)
+        self.normalization = self.splits.normalization
+        dataset = self.splits.dataset
+        self.model = models.build_model(config.arch, len(dataset["classes"]), seed=config.seed,
+                                        in_channels=dataset["channels"])
         if config.pretrained:
             models.init_pretrained(self.model, config.arch, config.weights)
         elif config.init_from:
@@ -174,8 +129,10 @@ class _Run:
         self.test_predictions: torch.Tensor | None = None  # of the latest evaluation
 
     def weights(self) -> dict:
-        return models.weights_payload(self.model, self.config.arch, len(data.CLASSES),
-                                      dataclasses.asdict(input_normalization(self.config)))
+        dataset = self.splits.dataset
+        return models.weights_payload(self.model, self.config.arch, len(dataset["classes"]),
+                                      dataclasses.asdict(self.normalization),
+                                      None if dataset["dataset"] == datasets.DEFAULT else dataset)
 
     def save_checkpoint(self) -> None:
         io.atomic_torch_save(self.run_dir / runs.CHECKPOINT, {
@@ -215,7 +172,7 @@ class _Run:
     def write_predictions(self) -> None:
         if self.test_predictions is None:  # resumed after the last epoch's checkpoint
             *_, self.test_predictions = evaluate_with_predictions(
-                self.model, *self.splits.test, input_normalization(self.config), self.config.eval_batch_size)
+                self.model, *self.splits.test, self.normalization, self.config.eval_batch_size)
         io.atomic_torch_save(self.run_dir / runs.PREDICTIONS, {
             "format": runs.PREDICTIONS_FORMAT,
             "predicted": self.test_predictions,
@@ -266,8 +223,8 @@ def _train_epoch(run: _Run, progress: TrainProgress | None) -> dict[str, float]:
     images, labels = run.splits.train
     model.train()
     loss_sum, correct, step_times = 0.0, torch.zeros((), dtype=torch.int64, device=run.device), []
-    for batch, target in data.iterate_batches(images, labels, config.batch_size, input_normalization(config),
-                                              generator=run.generator, augment=config.augment):
+    for batch, target in data.iterate_batches(images, labels, config.batch_size, run.normalization,
+                                              generator=run.generator, augment=config.augment, flip=run.splits.flip):
         started = time.perf_counter()
         create_graph = optim.needs_create_graph(optimizer)
         # small feature maps as matrix products; on a Hessian step also the cheaper double backward
@@ -385,7 +342,8 @@ def _train_loop(run: _Run, progress: TrainProgress | None, fresh: bool) -> dict[
     config, run_dir = run.config, run.run_dir
     run.record = {"format": runs.RUN_FORMAT, "status": "running", "config": config.to_dict(), "key": run.key,
                   **environment(run.device), "started": io.now(), "epochs_completed": run.epoch,
-                  "test_set": describe_test_set(run.splits.test_index), "optimizer": run.optimizer_record}
+                  "test_set": describe_test_set(run.splits.test_index), "dataset": run.splits.dataset,
+                  "optimizer": run.optimizer_record}
     run.write_record()  # first: from here on the folder is a run that --resume continues
     if fresh:
         io.atomic_torch_save(run_dir / runs.INITIAL_WEIGHTS, run.weights())
@@ -452,7 +410,7 @@ def _train_loop(run: _Run, progress: TrainProgress | None, fresh: bool) -> dict[
 
 def _evaluate_splits(run: _Run, row: dict[str, float | None]) -> None:
     """Validation and test loss and accuracy into ``row``; a non-finite loss is divergence."""
-    normalization = input_normalization(run.config)
+    normalization = run.normalization
     row["val_loss"] = row["val_accuracy"] = None
     if run.splits.val is not None:
         row["val_loss"], row["val_accuracy"] = evaluate(run.model, *run.splits.val, normalization,

@@ -50,10 +50,10 @@ class NodeKind(Protocol):
 
 
 @functools.lru_cache(maxsize=8)
-def _data_key(source: str | None) -> str:
+def _data_key(source: str | None, dataset: str) -> str:
     from minimascope import data
 
-    return data.content_key(source)
+    return data.content_key(source, dataset)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -83,7 +83,7 @@ class RunKind:
             from minimascope.train import init_key
 
             init = init_key(config)
-        return config.key(_data_key(config.data), init)
+        return config.key(_data_key(config.data, config.dataset), init)
 
     def stored(self, node_dir: Path) -> dict[str, Any] | None:
         from minimascope import runs
