@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from helpers import make_archive, make_image_tree, write_batches_py
-from minimascope import data
+from minimascope import data, datasets
 from minimascope.errors import MinimascopeError
+
+CIFAR10 = datasets.get("cifar10")
 
 
 def assert_loaded(cifar: data.ImageData, expected: dict[str, np.ndarray]) -> None:
@@ -19,37 +21,37 @@ def assert_loaded(cifar: data.ImageData, expected: dict[str, np.ndarray]) -> Non
 
 def test_image_folder_tree_and_archive_decode_to_the_same_pixels(tmp_path: Path) -> None:
     expected = make_image_tree(tmp_path / "tree")
-    assert_loaded(data.load_cifar10(tmp_path / "tree"), expected)
-    assert_loaded(data.load_cifar10(make_archive(tmp_path / "tree", tmp_path / "c.tar.gz")), expected)
+    assert_loaded(data.load("cifar10", tmp_path / "tree"), expected)
+    assert_loaded(data.load("cifar10", make_archive(tmp_path / "tree", tmp_path / "c.tar.gz")), expected)
     # The archive keeps a top folder; the tree itself may also be the top.
-    assert_loaded(data.load_cifar10(make_archive(tmp_path / "tree", tmp_path / "flat.tar.gz", top=".")), expected)
+    assert_loaded(data.load("cifar10", make_archive(tmp_path / "tree", tmp_path / "flat.tar.gz", top=".")), expected)
 
 
 def test_pickled_batches_folder_and_its_parent(tmp_path: Path) -> None:
     expected = make_image_tree(tmp_path / "tree")
     write_batches_py(tmp_path / "root" / "cifar-10-batches-py", expected)
-    assert_loaded(data.load_cifar10(tmp_path / "root"), expected)
-    assert_loaded(data.load_cifar10(tmp_path / "root" / "cifar-10-batches-py"), expected)
+    assert_loaded(data.load("cifar10", tmp_path / "root"), expected)
+    assert_loaded(data.load("cifar10", tmp_path / "root" / "cifar-10-batches-py"), expected)
 
 
 def test_environment_variable_names_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = make_image_tree(tmp_path / "tree")
     monkeypatch.setenv("MINIMASCOPE_DATA", str(tmp_path / "tree"))
-    assert_loaded(data.load_cifar10(None), expected)
+    assert_loaded(data.load("cifar10", None), expected)
 
 
 def test_cache_is_reused_and_never_stale(tmp_path: Path, private_cache: Path) -> None:
     make_image_tree(tmp_path / "tree", seed=1)
     archive = make_archive(tmp_path / "tree", tmp_path / "c.tar.gz")
-    first = data.load_cifar10(archive)
+    first = data.load("cifar10", archive)
     cached = set(private_cache.glob("cifar10-*.npz"))
-    assert data.load_cifar10(archive).train_images.equal(first.train_images)
+    assert data.load("cifar10", archive).train_images.equal(first.train_images)
     assert set(private_cache.glob("cifar10-*.npz")) == cached  # served from the cache
     # Same path, new content: a new key, new pixels.
     (tmp_path / "tree2").mkdir()
     changed = make_image_tree(tmp_path / "tree2" / "t", seed=2)
     make_archive(tmp_path / "tree2" / "t", archive)
-    assert_loaded(data.load_cifar10(archive), changed)
+    assert_loaded(data.load("cifar10", archive), changed)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
@@ -59,21 +61,21 @@ def test_corrupt_or_truncated_archive_is_one_clear_error(tmp_path: Path, damage:
     content = archive.read_bytes()
     archive.write_bytes(b"not a tar file at all" * 100 if damage == "garbage" else content[: len(content) // 2])
     with pytest.raises(MinimascopeError, match="corrupt or truncated archive"):
-        data.load_cifar10(archive)
+        data.load("cifar10", archive)
 
 
 def test_bad_layouts_are_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(MinimascopeError, match="source not found"):
-        data.load_cifar10(tmp_path / "nowhere")
+        data.load("cifar10", tmp_path / "nowhere")
     make_image_tree(tmp_path / "small", size=(28, 28))
     with pytest.raises(MinimascopeError, match="is 28x28; CIFAR-10 images are 32x32"):
-        data.load_cifar10(tmp_path / "small")
+        data.load("cifar10", tmp_path / "small")
     make_image_tree(tmp_path / "missing", skip=("test", "cat"))
     with pytest.raises(MinimascopeError, match="test/ lacks class folder.*cat"):
-        data.load_cifar10(tmp_path / "missing")
+        data.load("cifar10", tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(MinimascopeError, match="no train/<class>/"):
-        data.load_cifar10(tmp_path / "empty")
+        data.load("cifar10", tmp_path / "empty")
 
 
 def test_normalization_closed_form_and_std_multiplier() -> None:
@@ -82,7 +84,7 @@ def test_normalization_closed_form_and_std_multiplier() -> None:
     for multiplier in [(1.0, 1.0, 1.0), (1e-4, 1.0, 1000.0)]:
         out = data.Normalization(std_multiplier=multiplier)(images)
         expected = [m * (v / 255 - mu) / s for v, mu, s, m in
-                    zip(values.tolist(), data.CIFAR10_MEAN, data.CIFAR10_STD, multiplier)]
+                    zip(values.tolist(), CIFAR10.mean, CIFAR10.std, multiplier)]
         assert out.dtype == torch.float32
         torch.testing.assert_close(out[0, :, 0, 0], torch.tensor(expected, dtype=torch.float32), rtol=1e-6, atol=1e-8)
     # The multiplier sets the std of what the network sees: std(x̂) = m · std(x) / std_c.

@@ -31,7 +31,7 @@ def test_tune_on_a_tiny_grid(cifar_source: str, tmp_path: Path) -> None:
     assert [(r["setting"], int(r["fold"])) for r in rows] == [
         (f"optimizer=sgd,lr={lr}", fold) for lr in ("0.01", "0.1") for fold in range(3)]
     # Each run validated on its fold: the folds of the training subset are disjoint and cover it.
-    cifar = data.load_cifar10(cifar_source)
+    cifar = data.load("cifar10", cifar_source)
     subset = data.balanced_subset(cifar.train_labels, 120, seed=4)
     labels = cifar.train_labels[subset]
     held = [data.kfold_split(labels, 3, fold, seed=4)[1] for fold in range(3)]

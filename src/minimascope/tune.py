@@ -9,8 +9,10 @@ A tune file (YAML)::
       - {optimizer: sgd, lr: [0.001, 0.01, 0.1]}    # a list is the values to try; for an option
       - {optimizer: adahessian, lr: [0.015, 0.15, 1.5]}   # that is itself a list, give a list of lists
 
-Each (setting, fold) is a run node of the study machinery (so it resumes and runs on Ray), trained
-on the other k-1 folds and validated on its fold (run.json's final ``val_accuracy``/``val_loss``).
+Every setting trains on one data set (``dataset:`` in the defaults, cifar10 when none), whose classes the
+folds are checked against. Each (setting, fold) is a run node of the study machinery (so it resumes and
+runs on Ray), trained on the other k-1 folds and validated on its fold (run.json's final
+``val_accuracy``/``val_loss``).
 Writes ``tune.csv`` (one row per setting and fold), ``tune-summary.csv`` (mean ± std over folds,
 ranked by mean validation accuracy) and ``best.yaml``: the best setting's options, usable as a
 study file's ``defaults``.
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from minimascope import io
+from minimascope import datasets, io
 from minimascope.analyses import SEED_LIMIT
 from minimascope.errors import MinimascopeError
 from minimascope.study import StudyOutcome, resolve_data, run_nodes
@@ -37,7 +39,6 @@ from minimascope.study.state import StudyProgress
 TUNE_KEYS = ("defaults", "grid", "folds", "seed")
 TUNE_PRESETS = ("tune",)
 TUNE_CSV, SUMMARY_CSV, BEST_YAML = "tune.csv", "tune-summary.csv", "best.yaml"
-NUM_CLASSES = 10  # a train_subset is class-balanced: its smallest class holds train_subset // 10 images
 # Set by the tune itself.
 NOT_IN_GRID = ("seed", "data_seed", "folds", "fold", "val_size", "init_from", "weights")
 
@@ -99,10 +100,10 @@ def load_tune(text: str | Path, folds: int | None = None) -> TuneSpec:
     settings = _grid(values["grid"], f"{file}: grid")
     for setting in settings:
         checked_config({**defaults, **setting, "folds": k, "fold": 0}, f"{file}: grid")
-        subset = setting.get("train_subset", defaults.get("train_subset"))
-        if subset:
-            check_folds(k, subset // NUM_CLASSES, f"{file}: folds", f"train_subset {subset}")
     spec = TuneSpec(name, source, defaults, tuple(settings), k, seed)
+    classes = datasets.get(tune_dataset(spec)).classes
+    if classes is not None:  # an image folder's classes are known once it is read (run_tune checks them then)
+        _check_subset_folds(spec, len(classes))
     names = [check_setting_name(spec.setting_name(s), f"{file}: grid") for s in settings]
     if len(set(names)) != len(names):
         raise MinimascopeError(f"{file}: grid: a setting is listed twice")
@@ -116,16 +117,39 @@ def check_folds(folds: int, per_class: int, where: str, what: str) -> None:
                                f"{what} has {per_class} of its smallest class")
 
 
-def _check_folds_of_data(spec: TuneSpec, data: str) -> None:
-    """Settings that train on the whole training set: their folds against its smallest class."""
-    if all(s.get("train_subset", spec.defaults.get("train_subset")) for s in spec.settings):
+def tune_dataset(spec: TuneSpec) -> str:
+    """The one data set every setting trains on; settings that name two are one line."""
+    found = list(dict.fromkeys(s.get("dataset", spec.defaults.get("dataset", datasets.DEFAULT))
+                               for s in spec.settings))
+    if len(found) > 1:
+        raise MinimascopeError(f"{spec.source}: grid: the settings name {len(found)} data sets "
+                               f"({', '.join(found)}); a tune ranks settings on one data set")
+    return found[0]
+
+
+def _check_subset_folds(spec: TuneSpec, classes: int) -> None:
+    """A train_subset is class-balanced: its smallest class holds train_subset // classes images."""
+    for setting in spec.settings:
+        subset = setting.get("train_subset", spec.defaults.get("train_subset"))
+        if subset:
+            check_folds(spec.folds, subset // classes, f"{spec.source}: folds", f"train_subset {subset}")
+
+
+def _check_folds_of_data(spec: TuneSpec, data: str, dataset: str) -> None:
+    """The folds against the smallest class: of the training set, for settings that train on all of it; of
+    each class-balanced subset, where the data set's classes are known only from its files (an image folder)."""
+    whole = not all(s.get("train_subset", spec.defaults.get("train_subset")) for s in spec.settings)
+    if not whole and datasets.get(dataset).classes is not None:
         return
     import torch
 
-    from minimascope import data as cifar
+    from minimascope import data as data_sets
 
-    labels = cifar.load_cifar10(data).train_labels
-    check_folds(spec.folds, int(torch.bincount(labels).min()), f"{spec.source}: folds", f"the training set of {data}")
+    loaded = data_sets.load(dataset, data)
+    _check_subset_folds(spec, len(loaded.classes))
+    if whole:
+        smallest = int(torch.bincount(loaded.train_labels, minlength=len(loaded.classes)).min())
+        check_folds(spec.folds, smallest, f"{spec.source}: folds", f"the training set of {data}")
 
 
 def tune_nodes(spec: TuneSpec, data: str) -> list[Node]:
@@ -171,14 +195,16 @@ def run_tune(spec: TuneSpec, tune_dir: str | Path, *, data: str | None = None, e
     """Run (or continue) every (setting, fold) into ``tune_dir`` and write the CSVs and ``best.yaml``."""
     import yaml
 
-    from minimascope import data as cifar
+    from minimascope import data as data_sets
 
     tune_dir = Path(tune_dir)
     check_study_folder(tune_dir, "tune")
-    data = resolve_data(data, spec.defaults.get("data"))
-    _check_folds_of_data(spec, data)
+    dataset = tune_dataset(spec)
+    data = resolve_data(data, spec.defaults.get("data"), dataset)
+    _check_folds_of_data(spec, data, dataset)
     nodes = tune_nodes(spec, data)
-    header = {"name": spec.name, "source": spec.source, "data": {"source": data, "key": cifar.content_key(data)},
+    header = {"name": spec.name, "source": spec.source,
+              "data": {"source": data, "key": data_sets.content_key(data, dataset), "dataset": dataset},
               "folds": spec.folds, "seed": spec.seed, "executor": executor}
     outcome = run_nodes(nodes, tune_dir, header, executor=executor, executor_options=executor_options,
                         progress=progress)

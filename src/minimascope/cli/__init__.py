@@ -7,7 +7,17 @@ Each command lives in its own module and imports the heavy libraries only when i
 
 from __future__ import annotations
 
-from minimascope.cli import cache, compare, landscape, minima, optimizers, report, study, train  # noqa: F401  (each registers its command)
+from minimascope.cli import (  # noqa: F401  (each registers its command)
+    cache,
+    compare,
+    datasets,
+    landscape,
+    minima,
+    optimizers,
+    report,
+    study,
+    train,
+)
 from minimascope.cli._app import app
 
 __all__ = ["app", "main"]

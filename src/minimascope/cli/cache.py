@@ -16,7 +16,7 @@ def _size(size_bytes: int) -> str:
 def cache_command(
     clear: bool = typer.Option(False, "--clear", help="remove every cache (each is rebuilt when next needed)"),
 ) -> None:
-    """List the decoded CIFAR-10 caches (size and source), or remove them with --clear."""
+    """List the decoded data-set caches (size and source), or remove them with --clear."""
     from minimascope import data
 
     root = data.cache_root()

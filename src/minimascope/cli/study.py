@@ -96,17 +96,20 @@ def _closing(outcome, what: str) -> None:
 
 EXECUTOR_HELP = "local (one node after another here) or ray (each node a Ray task)"
 RAY_HELP = "Ray cluster to join (default: start a local instance)"
+DATA_HELP = ("the source of the data set the file's dataset: names (default cifar10; env: MINIMASCOPE_DATA, "
+             "cifar10 only; see: minimascope datasets)")
 CPUS_HELP = "CPUs per node for Ray (also torch's thread count in the task; default: 1 CPU, the driver's threads)"
 
 
 @app.command("study")
 @one_line_errors
 def study_command(
-    study: str = typer.Argument(..., help="a preset (paper, quick, tiny) or a study file (YAML)"),
+    study: str = typer.Argument(..., help="a preset (paper, quick, tiny, optimizers) or a study file (YAML)"),
     out: Optional[Path] = typer.Option(None, help="study directory (default: studies/<name>)"),
-    data: Optional[str] = typer.Option(None, help="CIFAR-10 source (env: MINIMASCOPE_DATA)"),
+    data: Optional[str] = typer.Option(None, help=DATA_HELP),
     weights: Optional[Path] = typer.Option(
-        None, help="torchvision's IMAGENET1K_V1 resnet18 weights file (env: MINIMASCOPE_IMAGENET_WEIGHTS)"),
+        None, help="torchvision's IMAGENET1K_V1 resnet18 weights file, for pretrained resnet18 arms (env: "
+                   "MINIMASCOPE_IMAGENET_WEIGHTS; other architectures fetch their own)"),
     download_weights: bool = typer.Option(
         True, help="without --weights, try torchvision's download of the ImageNet weights"),
     executor: str = typer.Option("local", help=EXECUTOR_HELP),
@@ -173,7 +176,7 @@ def status_command(study_dir: Path = typer.Argument(..., help="a study (or tune)
 def tune_command(
     tune: str = typer.Argument(..., help="a preset (tune) or a tune file (YAML: defaults, grid, folds, seed)"),
     out: Optional[Path] = typer.Option(None, help="tune directory (default: tunes/<name>)"),
-    data: Optional[str] = typer.Option(None, help="CIFAR-10 source (env: MINIMASCOPE_DATA)"),
+    data: Optional[str] = typer.Option(None, help=DATA_HELP),
     folds: Optional[int] = typer.Option(None, help="k of the k-fold split (default: the file's, else 5)"),
     executor: str = typer.Option("local", help=EXECUTOR_HELP),
     ray_address: Optional[str] = typer.Option(None, help=RAY_HELP),

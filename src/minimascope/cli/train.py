@@ -110,7 +110,8 @@ def train_command(
                                       "--optimizer-arg rho=0.05; repeat for more (see: minimascope optimizers NAME)"),
     **options: Any,
 ) -> None:
-    """Train one network on CIFAR-10 into a run directory (metrics, checkpoints, final weights).
+    """Train one network on a data set (--dataset, default cifar10) into a run directory (metrics, checkpoints,
+    final weights). The data sets and architectures: minimascope datasets.
 
     Exit status: 0 completed, 2 bad input or a fault of the environment (one error line), 3 diverged
     (a train, validation or test loss stopped being finite; the run keeps its last good checkpoint).
@@ -127,8 +128,9 @@ def train_command(
     from minimascope.train import train  # the heavy imports, once the options are known to be good
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = train_config.optimizer.replace(":", ".")  # an import path: no colon in the folder's name
-    run_dir = out or Path("runs") / f"{name}-{train_config.arch}-seed{train_config.seed}-{stamp}"
+    # an import path or a torchvision:/timm: model: no colon in the folder's name
+    name, arch = train_config.optimizer.replace(":", "."), train_config.arch.replace(":", ".")
+    run_dir = out or Path("runs") / f"{name}-{arch}-seed{train_config.seed}-{stamp}"
     progress = RichTrainProgress()
     try:
         record = train(train_config, run_dir, resume=resume, progress=progress, data_progress=progress.decode)

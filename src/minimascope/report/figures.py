@@ -231,7 +231,8 @@ def kernel_mosaic(weight: np.ndarray, max_out: int, max_in: int) -> np.ndarray:
 
 def colour_mosaic(weight: np.ndarray, scale: float, background: float = 1.0) -> np.ndarray:
     """3-channel kernels (out, 3, kh, kw) → RGB patches in a square-ish grid, 0 weight = grey,
-    ±``scale`` = full colour (values beyond are clipped)."""
+    ±``scale`` = full colour (values beyond are clipped); 1-channel kernels (out, 1, kh, kw) → gray patches,
+    ±``scale`` = white or black."""
     out, _, kh, kw = weight.shape
     columns = math.ceil(math.sqrt(out))
     rows = math.ceil(out / columns)
@@ -289,10 +290,11 @@ class Grid:
 
 def filters_figure(kernels: Mapping[str, np.ndarray], path: Path, *, scale: float, max_out: int = 32,
                    max_in: int = 32, columns: int = 5) -> Path:
-    """One panel per arm of a conv layer's kernels (out, in, kh, kw) on the common ``scale``: 3-input-channel
-    layers as RGB patches, others as a diverging map of the first ``max_out`` × ``max_in`` channels."""
+    """One panel per arm of a conv layer's kernels (out, in, kh, kw) on the common ``scale``: layers that read an
+    image (3 or 1 input channels) as RGB or gray patches, others as a diverging map of the first ``max_out`` ×
+    ``max_in`` channels."""
     names = list(kernels)
-    rgb = all(w.shape[1] == 3 for w in kernels.values())
+    rgb = {w.shape[1] for w in kernels.values()} in ({3}, {1})  # patches, no colour bar
     # The right margin holds the colour bar, its tick labels and its label.
     grid = Grid(len(names), min(columns, len(names)), (2.2, 2.2), (0.2, 0.3), (0.1, 0.1 if rgb else 1.3, 0.1, 0.05))
     figure = Figure(figsize=grid.size)
@@ -435,12 +437,15 @@ class ClassErrors:
 
 def class_errors_figure(pairs: Sequence[ClassErrors], path: Path) -> Path:
     """Per pair, each class's test error rate of the two arms side by side."""
-    figure = new_figure(7.0, 2.8 * len(pairs))
+    classes = max((len(pair.class_names) for pair in pairs), default=0)
+    figure = new_figure(max(7.0, 0.12 * classes), 2.8 * len(pairs) + (0.8 if classes > 10 else 0.0))
     for axes, pair in zip(figure.subplots(len(pairs), 1, squeeze=False).ravel(), pairs):
         x = np.arange(len(pair.class_names))
         axes.bar(x - 0.2, pair.rate_a, width=0.4, label=pair.label_a, color="C0")
         axes.bar(x + 0.2, pair.rate_b, width=0.4, label=pair.label_b, color="C1")
-        axes.set_xticks(x, pair.class_names, fontsize=7)
+        # names as written (a class folder may be named "$x$"), turned upright when there are many
+        axes.set_xticks(x, pair.class_names, fontsize=7 if len(x) <= 20 else 5, rotation=0 if len(x) <= 10 else 90,
+                        parse_math=False)
         axes.set_ylabel("test error rate", fontsize=8)
         axes.set_title(pair.title, fontsize=9)
         axes.legend(fontsize=7)

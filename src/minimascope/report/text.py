@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from minimascope import datasets
 from minimascope.results import Study
 from minimascope.stats import ConfidenceInterval, mean_confidence_interval
 
@@ -102,6 +104,46 @@ def seeds_text(study: Study) -> str:
     return ", ".join(map(str, study.seeds)) or "—"
 
 
+@dataclass(frozen=True)
+class DataSet:
+    """What the study trained on, as its study.json records it (an older study, without a record, on CIFAR-10)."""
+
+    name: str
+    title: str
+    classes: tuple[str, ...]
+    channels: int | None
+    image_size: tuple[int, int] | None
+
+    @property
+    def is_paper_data(self) -> bool:
+        """The paper's data set: only then do its numbers stand beside the study's."""
+        return self.name == "cifar10"
+
+    def describe(self, shown_classes: int = 20) -> str:
+        """"CIFAR-10 (cifar10): 10 classes (airplane, …), 3 channels, 32×32 images"."""
+        names = ", ".join(self.classes[:shown_classes]) + (", …" if len(self.classes) > shown_classes else "")
+        parts = [f"{len(self.classes)} classes ({names})" if self.classes else "classes ?",
+                 f"{self.channels} channel{'s' * (self.channels != 1)}" if self.channels else "channels ?",
+                 f"{self.image_size[0]}×{self.image_size[1]} images" if self.image_size else "image size ?"]
+        return f"{self.title} ({self.name}): {', '.join(parts)}"
+
+
+def data_set(study: Study) -> DataSet:
+    """The study's data set from study.json's data header, the registry filling in what an older header lacks."""
+    data = study.record.get("data", {})
+    data = data if isinstance(data, dict) else {}
+    name = data.get("dataset") if isinstance(data.get("dataset"), str) else datasets.DEFAULT
+    spec = datasets.DATASETS.get(name)
+    title = data.get("title") if isinstance(data.get("title"), str) else spec.title if spec else name
+    classes = data.get("classes")
+    classes = tuple(map(str, classes)) if isinstance(classes, list) else (spec.classes or ()) if spec else ()
+    channels = data.get("channels") if isinstance(data.get("channels"), int) else spec.channels if spec else None
+    size = data.get("image_size")
+    size = (tuple(size) if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)
+            else spec.image_size if spec else None)
+    return DataSet(name, title, classes, channels, size)
+
+
 def data_sizes(study: Study) -> str:
     data = study.record.get("data", {})
     return (f"train split {data.get('train_size', '?')} images, test split {data.get('test_size', '?')} images; "
@@ -179,13 +221,16 @@ def _count(value: Any) -> str:
 
 
 def budget(study: Study) -> dict[str, Any]:
-    """What the study ran beside the paper's setting, and whether they differ ("not the paper's setting")."""
+    """What the study ran beside the paper's setting, and whether they differ ("not the paper's setting"): on
+    another data set than CIFAR-10 (``paper_data`` false), or only in its budget."""
     data, compare = study.record.get("data", {}), study.record.get("compare", {})
     epochs = {arm: config.get("epochs") for arm, config in study.arms.items()}
+    trained_on = data_set(study)
     ours = {"training images": _count(data.get("train_size")), "test images": _count(data.get("test_size")),
             "epochs per arm": _arm_values(study, "epochs"), "batch size": _arm_values(study, "batch_size"),
             "seeds": f"{len(study.seeds)} ({seeds_text(study)})",
             "images per comparison": _count(compare.get("samples"))}
-    same = (data.get("train_size") == 50_000 and data.get("test_size") == 10_000 and epochs.get("sgd") == 360
-            and epochs.get("adahessian") == 160 and compare.get("samples") == 10_000)
-    return {"rows": [(what, ours[what], paper) for what, paper in PAPER_SETTING.items()], "paper_setting": same}
+    same = (trained_on.is_paper_data and data.get("train_size") == 50_000 and data.get("test_size") == 10_000
+            and epochs.get("sgd") == 360 and epochs.get("adahessian") == 160 and compare.get("samples") == 10_000)
+    return {"rows": [(what, ours[what], paper) for what, paper in PAPER_SETTING.items()], "paper_setting": same,
+            "paper_data": trained_on.is_paper_data, "title": trained_on.title}

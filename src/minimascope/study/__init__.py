@@ -37,7 +37,7 @@ from minimascope.study.state import StudyProgress, StudyState
 WEIGHTS_ENV = "MINIMASCOPE_IMAGENET_WEIGHTS"
 
 __all__ = ["StudyOutcome", "run_study", "run_nodes", "read_study_record", "load_spec", "imagenet_weights",
-           "exit_status"]
+           "exit_status", "study_dataset", "resolve_data"]
 
 
 @dataclass
@@ -158,22 +158,42 @@ def run_nodes(nodes: list[Node], study_dir: str | Path, header: dict[str, Any], 
     return StudyOutcome(study_dir, state.counts(), state.previous_wall + state.elapsed(), state.records)
 
 
-def _data_header(data: str, spec: StudySpec) -> dict[str, Any]:
-    from minimascope import data as cifar
+def study_dataset(spec: StudySpec) -> str:
+    """The one data set every arm trains on (``dataset:`` in the defaults or an arm); two are one line."""
+    from minimascope import datasets
 
-    loaded = cifar.load_cifar10(data)
+    named = {arm.name: arm.options.get("dataset", datasets.DEFAULT) for arm in spec.arms.values()}
+    found = list(dict.fromkeys(named.values()))
+    if len(found) > 1:
+        arms = ", ".join(f"{arm}: {name}" for arm, name in named.items())
+        raise MinimascopeError(f"{spec.source}: the arms name {len(found)} data sets ({arms}); the arms of a study "
+                               f"are compared on one data set: set dataset: in its defaults")
+    return found[0]
+
+
+def _data_header(data: str, spec: StudySpec, dataset: str) -> dict[str, Any]:
+    """What study.json records of the data: the source, its content key and the sizes, and what the data set is
+    (the report's names, classes and image size)."""
+    from minimascope import data as data_sets
+    from minimascope import datasets
+
+    loaded = data_sets.load(dataset, data)
     first = next(iter(spec.arms.values())).options
     train, test = len(loaded.train_labels), len(loaded.test_labels)
-    return {"source": data, "key": cifar.content_key(data),
+    return {"source": data, "key": data_sets.content_key(data, dataset),
             "train_size": first.get("train_subset") or train, "test_size": first.get("test_subset") or test,
-            "train_images": train, "test_images": test}
+            "train_images": train, "test_images": test, "dataset": dataset, "title": datasets.get(dataset).title,
+            "classes": list(loaded.classes), "channels": loaded.channels, "image_size": list(loaded.image_size)}
 
 
-def resolve_data(data: str | None, spec_data: str | None = None) -> str:
-    from minimascope import data as cifar
+def resolve_data(data: str | None, spec_data: str | None = None, dataset: str | None = None) -> str:
+    """The data set's source: ``data`` (--data), else the study's ``data:``, else its default (see
+    :func:`minimascope.data.resolve_source`), as an absolute path or ``torchvision``."""
+    from minimascope import data as data_sets
+    from minimascope import datasets
 
-    source = cifar.resolve_source(data or spec_data)
-    return source if source == cifar.TORCHVISION else str(Path(source).resolve())
+    source = data_sets.resolve_source(data or spec_data, dataset or datasets.DEFAULT)
+    return source if source == data_sets.TORCHVISION else str(Path(source).resolve())
 
 
 def run_study(source: str | Path, study_dir: str | Path, *, data: str | None = None, weights: str | None = None,
@@ -191,14 +211,18 @@ def run_study(source: str | Path, study_dir: str | Path, *, data: str | None = N
     if (study_dir / STUDY_JSON).is_file():
         read_study_record(study_dir)  # a damaged study.json is one line before the data are loaded
     first = next(iter(spec.arms.values())).options
-    data = resolve_data(data, first.get("data"))
+    dataset = study_dataset(spec)
+    data = resolve_data(data, first.get("data"), dataset)
     weights_file, missing = None, None
-    if any(arm.options.get("pretrained") for arm in spec.arms.values()):
+    # Only resnet18 reads the ImageNet weights file (fetched once here, skipped with the reason where it is
+    # absent); other architectures fetch their own published weights when their run starts.
+    if any(arm.options.get("pretrained") and arm.options.get("arch", "resnet18") == "resnet18"
+           for arm in spec.arms.values()):
         weights_file, missing = imagenet_weights(weights, download_weights)
     nodes = study_nodes(spec, data, weights_file, missing)
     by_id = {node.id: node for node in nodes}
     header = {
-        "name": spec.name, "source": spec.source, "data": _data_header(data, spec),
+        "name": spec.name, "source": spec.source, "data": _data_header(data, spec, dataset),
         **environment(resolve_device(first.get("device", "auto"))), "seeds": list(spec.seeds),
         "arms": {arm.name: {**by_id[run_node_id(arm.name, spec.seeds[0])].params["config"], "seed": None,
                             "init_from": arm.init_from} for arm in spec.arms.values()},

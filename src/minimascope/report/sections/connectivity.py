@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minimascope.report import figures
-from minimascope.report.text import analysis_missing, cells
+from minimascope.report.text import analysis_missing, cells, data_set
 from minimascope.report.views import by_arms, pair_label
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ def build(ctx: Context) -> dict[str, Any]:
                            for n_train, n_test, points in sorted(sizes)) or "?"
     return {
         "data_used": f"analyses/connectivity/<a>_vs_<b>/seed<k>/connectivity.json; {sizes_text} (class-balanced "
-                     f"subsets of the CIFAR-10 train and test sets); same-seed networks of the two arms, and "
-                     f"two seeds of one arm (its seed-to-seed baseline, where weight matching has work to do)",
+                     f"subsets of the {data_set(study).title} train and test sets); same-seed networks of the two "
+                     f"arms, and two seeds of one arm (its seed-to-seed baseline, where weight matching has work "
+                     f"to do)",
         "missing": analysis_missing(study, "connectivity"), "rows": rows, "figure": figure,
     }

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minimascope.report import figures
-from minimascope.report.text import analysis_missing, images_text, p_text
+from minimascope.report.text import analysis_missing, data_set, images_text, p_text
 from minimascope.report.views import by_arms, pair_label
 
 if TYPE_CHECKING:
@@ -58,6 +58,6 @@ def build(ctx: Context) -> dict[str, Any]:
         if class_pairs else None
     return {
         "data_used": f"analyses/mistakes/<a>_vs_<b>/seed<k>/mistakes.json (each run's final predictions, "
-                     f"predictions.pt); {images_text(sizes, 'CIFAR-10 test images')} per comparison",
+                     f"predictions.pt); {images_text(sizes, f'{data_set(study).title} test images')} per comparison",
         "missing": analysis_missing(study, "mistakes"), "rows": rows, "figure": figure, "grids": grids,
     }

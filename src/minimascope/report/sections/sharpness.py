@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minimascope.report import figures
-from minimascope.report.text import analysis_missing, cells, images_text
+from minimascope.report.text import analysis_missing, cells, data_set, images_text
 from minimascope.report.views import by_arms
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ def build(ctx: Context) -> dict[str, Any]:
         points["trace (Hutchinson)"].append(figures.SeedValues(arm, ctx.arm_colour(arm), traces))
         lines += [figures.DensityLine(arm, ctx.arm_colour(arm), np.asarray(r.density.grid),
                                       np.asarray(r.density.smoothed)) for r in results]
+    title = data_set(study).title
     shown = {}
     if rows:
         shown = {"points": ctx.figure("sharpness.svg", lambda path: figures.seed_points_figure(list(points.items()),
@@ -59,7 +60,7 @@ def build(ctx: Context) -> dict[str, Any]:
                  "density": ctx.figure("sharpness-density.svg", lambda path: figures.density_lines_figure(lines, path))}
     return {
         "data_used": f"analyses/sharpness/<arm>/seed<k>/sharpness.json; loss = mean cross-entropy over "
-                     f"{images_text(images, 'CIFAR-10 ' + ('/'.join(sorted(sources)) or 'train') + ' images')} "
+                     f"{images_text(images, f'{title} ' + ('/'.join(sorted(sources)) or 'train') + ' images')} "
                      f"(class-balanced subset) at each run's final weights, in eval mode (batch norm with running "
                      f"statistics, so the loss is a function of the weights alone)",
         "missing": analysis_missing(study, "sharpness"),

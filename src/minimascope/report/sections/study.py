@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from minimascope.report.text import data_sizes, init_text, reading_text, seconds, seeds_text
+from minimascope.report.text import data_set, data_sizes, init_text, reading_text, seconds, seeds_text
 from minimascope.results import RunResult, Study
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ def build(ctx: Context) -> dict[str, Any]:
     return {
         "data_used": f"study.json, summary.csv and each run's run.json; {data_sizes(study)}",
         "missing": not_done + study.missing,
+        "data_set": data_set(study).describe(),
         "facts": _facts(study),
         "arms": arms,
         "comparisons": [{"label": c.label, "seed": c.seed, "status": c.status, "reason": c.reason or ""}
