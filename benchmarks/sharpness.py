@@ -61,7 +61,7 @@ def load_images(source: str | None, count: int) -> tuple[torch.Tensor, torch.Ten
         images = torch.randint(0, 256, (count, 3, 32, 32), generator=generator, dtype=torch.uint8)
         labels = torch.randint(0, 10, (count,), generator=generator)
         return data.Normalization()(images), labels, "synthetic random images"
-    cifar = data.load_cifar10(path)
+    cifar = data.load("cifar10", path)
     index = data.balanced_subset(cifar.train_labels, count, seed=0)
     return data.Normalization()(cifar.train_images[index]), cifar.train_labels[index], path
 

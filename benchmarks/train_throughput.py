@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    data.load_cifar10(args.data)  # decode outside the timed epoch
+    data.load("cifar10", args.data)  # decode outside the timed epoch
 
     torch_convolutions = bare_step_seconds(args.batch_size, device, args.repeats, fast=False)
     before = bare_step_seconds(args.batch_size, device, args.repeats)

@@ -17,11 +17,10 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from minimascope import models
+from minimascope import datasets, models
 from minimascope.analyses import ANALYSES
 from minimascope.cli import app
 from minimascope.config import TrainConfig
-from minimascope.data import CLASSES
 from minimascope.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from minimascope.minima import sharpness
 from minimascope.minima.connectivity import Connectivity, PathCurve, write_connectivity
@@ -45,7 +44,7 @@ def make_image_tree(root: Path, train_per_class: int = 4, test_per_class: int = 
     arrays = {}
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
         images, labels = [], []
-        for label, name in enumerate(CLASSES):
+        for label, name in enumerate(datasets.get("cifar10").classes):
             if skip == (split, name):
                 continue
             folder = root / split / name

@@ -81,7 +81,7 @@ def made_run(folder: Path, seed: int, source: str) -> Path:
     atomic_torch_save(folder / FINAL_WEIGHTS, payload)
     atomic_torch_save(folder / INITIAL_WEIGHTS, {**payload, "state_dict": {k: v * 0.9 for k, v in
                                                                           payload["state_dict"].items()}})
-    labels = data.load_cifar10(source).test_labels
+    labels = data.load("cifar10", source).test_labels
     predicted = torch.randint(0, 10, labels.shape, generator=torch.Generator().manual_seed(seed))
     atomic_torch_save(folder / PREDICTIONS, {"format": PREDICTIONS_FORMAT, "predicted": predicted, "labels": labels,
                                              "test_index": torch.arange(len(labels))})

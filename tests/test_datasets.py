@@ -45,7 +45,8 @@ def test_every_dataset_knows_what_it_is() -> None:
             assert len(spec.classes) == len(set(spec.classes)) >= 10
             assert len(spec.mean) == len(spec.std) == spec.channels and spec.image_size
     assert len(datasets.get("cifar100").classes) == 100 and datasets.get("mnist").channels == 1
-    assert datasets.get("cifar10").classes == data.CLASSES and datasets.get("cifar10").mean == data.CIFAR10_MEAN
+    assert datasets.get("cifar10").classes[0] == "airplane" and datasets.get("cifar10").mean[0] == 0.4914
+    assert data.Normalization().mean == datasets.get("cifar10").mean  # the default normalisation is CIFAR-10's
 
 
 def test_unknown_dataset_is_one_line_with_a_close_match() -> None:
@@ -325,9 +326,10 @@ def test_cifar10_cache_file_and_key_are_unchanged(tmp_path: Path, private_cache:
     archive = make_archive(tmp_path / "tree", tmp_path / "c.tar.gz")
     key = hashlib.sha256(b"v1" + archive.read_bytes()).hexdigest()[:20]
     assert data.content_key(archive) == data.content_key(archive, "cifar10") == key
-    loaded = data.load_cifar10(archive)
+    loaded = data.load("cifar10", archive)
     assert (private_cache / f"cifar10-{key}.npz").is_file()
-    assert loaded.dataset == "cifar10" and loaded.classes == data.CLASSES and loaded.std == data.CIFAR10_STD
+    assert loaded.dataset == "cifar10" and loaded.classes == datasets.get("cifar10").classes
+    assert loaded.std == datasets.get("cifar10").std
 
 
 def test_a_cache_from_before_the_registry_is_read(tmp_path: Path, private_cache: Path) -> None:
@@ -338,7 +340,7 @@ def test_a_cache_from_before_the_registry_is_read(tmp_path: Path, private_cache:
     cache_file = private_cache / f"cifar10-{data.content_key(archive)}.npz"
     np.savez(cache_file, source=np.asarray(str(archive)), **expected)
     os.utime(cache_file, ns=(0, 0))
-    assert_split_arrays(data.load_cifar10(archive), expected)
+    assert_split_arrays(data.load("cifar10", archive), expected)
     assert cache_file.stat().st_mtime_ns == 0
 
 

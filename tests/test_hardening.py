@@ -79,7 +79,7 @@ def test_crafted_weights_file_runs_nothing(tmp_path: Path, cifar_source: str) ->
 
 def test_cache_is_read_without_pickle(tmp_path: Path, private_cache: Path) -> None:
     make_image_tree(tmp_path / "tree")
-    data.load_cifar10(tmp_path / "tree")
+    data.load("cifar10", tmp_path / "tree")
     sources = []
     for cache in private_cache.glob("cifar10-*.npz"):  # the session's cache holds other sources' files too
         with np.load(cache, allow_pickle=False) as cached:  # nothing in it needs pickle
@@ -229,7 +229,7 @@ def test_initial_weights_and_test_predictions(finished_run: Path, cifar_source: 
     assert initial["format"] == models.WEIGHTS_FORMAT
     assert all(torch.equal(initial["state_dict"][k], fresh[k]) for k in fresh)
     predictions = runs.read_predictions(finished_run)
-    cifar = data.load_cifar10(cifar_source)
+    cifar = data.load("cifar10", cifar_source)
     expected_index = data.balanced_subset(cifar.test_labels, 50, seed=0)
     assert torch.equal(predictions["test_index"], expected_index)
     assert torch.equal(predictions["labels"], cifar.test_labels[expected_index])
@@ -265,7 +265,7 @@ def test_cache_under_a_file_or_read_only(tmp_path: Path, cifar_source: str, monk
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_damaged_cache_is_rebuilt_with_a_warning(tmp_path: Path, private_cache: Path, damage: str) -> None:
     make_image_tree(tmp_path / "tree")
-    expected = data.load_cifar10(tmp_path / "tree")
+    expected = data.load("cifar10", tmp_path / "tree")
     (cache,) = [p for p in private_cache.glob("cifar10-*.npz") if data._cached_source(p) == str(
         (tmp_path / "tree").resolve())]
     content = cache.read_bytes()
@@ -275,7 +275,7 @@ def test_damaged_cache_is_rebuilt_with_a_warning(tmp_path: Path, private_cache: 
     assert result.exit_code == 0, result.output
     assert f"warning: CIFAR-10 cache {cache} is damaged" in result.output.replace("\n", "")
     assert cache.read_bytes() == content  # rebuilt
-    assert data.load_cifar10(tmp_path / "tree").train_images.equal(expected.train_images)
+    assert data.load("cifar10", tmp_path / "tree").train_images.equal(expected.train_images)
 
 
 def test_full_disk_keeps_the_last_checkpoint_and_resume_cleans_up(cifar_source: str, tmp_path: Path,
@@ -450,7 +450,7 @@ def test_cache_command_lists_and_clears(tmp_path: Path, private_cache: Path, mon
     assert "no caches in" in invoke("cache").output
     make_image_tree(tmp_path / "tree")
     progress = []
-    data.load_cifar10(make_archive(tmp_path / "tree", tmp_path / "c.tar.gz"),
+    data.load("cifar10", make_archive(tmp_path / "tree", tmp_path / "c.tar.gz"),
                       progress=lambda stage, done, total: progress.append((stage, done, total)))
     size = (tmp_path / "c.tar.gz").stat().st_size
     assert progress[-2:] == [("reading archive", size, size), ("decoding images", 60, 60)]

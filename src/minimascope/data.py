@@ -31,10 +31,6 @@ from minimascope.io import WriteError, atomic_write_bytes, make_folder, temporar
 # The test subset is drawn once with this seed, whatever a run's seeds: every run of a study (and every `train`
 # by default) is evaluated on the same test images, so its predictions pair image by image with any other run's.
 TEST_SUBSET_SEED = 0
-CLASSES = datasets.DATASETS["cifar10"].classes  # CIFAR-10's class names, for callers not yet told the dataset
-# Per-pixel statistics of the canonical CIFAR-10 training set.
-CIFAR10_MEAN = datasets.DATASETS["cifar10"].mean
-CIFAR10_STD = datasets.DATASETS["cifar10"].std
 TORCHVISION = "torchvision"
 _CACHE_FORMAT = "v1"  # bump when the cached array layout changes
 _SPLIT_ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
@@ -143,10 +139,6 @@ def load(dataset: str = datasets.DEFAULT, source: str | os.PathLike | None = Non
     except WriteError as exc:
         raise WriteError(f"{exc}; set MINIMASCOPE_CACHE to a writable folder with 200 MB free", exc.path) from None
     return loaded
-
-
-def load_cifar10(source: str | os.PathLike | None = None, *, progress: Progress | None = None) -> ImageData:
-    return load("cifar10", source, progress=progress)
 
 
 def _writable_cache_root(spec: datasets.DatasetSpec) -> Path:
@@ -335,8 +327,8 @@ class Normalization:
     multiplied. The study runs both.
     """
 
-    mean: tuple[float, ...] = CIFAR10_MEAN
-    std: tuple[float, ...] = CIFAR10_STD
+    mean: tuple[float, ...] = datasets.DATASETS[datasets.DEFAULT].mean  # CIFAR-10's, the study's data set
+    std: tuple[float, ...] = datasets.DATASETS[datasets.DEFAULT].std
     std_multiplier: tuple[float, ...] = (1.0, 1.0, 1.0)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
