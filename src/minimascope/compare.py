@@ -150,28 +150,31 @@ def check_comparison_folder(out_dir: Path, identity: dict, study_node: bool = Fa
 
 
 def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, *,
-                     measures: Sequence[str] = DEFAULT_MEASURES, samples: int = 10_000,
+                     measures: Sequence[str] = DEFAULT_MEASURES, samples: int | None = None,
                      layers_a: Sequence[str] | None = None, layers_b: Sequence[str] | None = None,
                      layer_set: str = "conv_linear", policy: str = "flatten", data_source: str | None = None,
                      device: str = "auto", batch_size: int = 500, bootstrap: int = 0,
                      progress: Progress | None = None, study_node: bool = False) -> list[SimilarityMatrix]:
-    """Compare every layer of network A with every layer of network B on ``samples`` CIFAR-10
-    test images (a class-balanced subset when fewer than all) and write the results to ``out_dir``.
+    """Compare every layer of network A with every layer of network B on ``samples`` test images of the
+    data set both were trained on (a class-balanced subset when fewer than all; None: all, recorded as
+    their number; networks of two data sets are refused) and write the results to ``out_dir``.
 
     ``run_a``/``run_b``: run directories or weights/checkpoint files; the same path twice compares
-    a network's layers with each other, computing its activations once. ``layers_b`` defaults to
-    ``layers_a``, which defaults to :func:`minimascope.similarity.default_layers` of ``layer_set``.
+    a network's layers with each other, computing its activations once. ``data_source``: the data set's
+    source (``--data``). ``layers_b`` defaults to ``layers_a``, which defaults to
+    :func:`minimascope.similarity.default_layers` of ``layer_set`` (found by module type, any architecture).
     ``bootstrap``: subsamples of images for CKA's interval per same-named layer pair (0: none).
     ``study_node``: the study writes its own node's folder (any other caller is refused a study's folder).
     """
     from minimascope import bootstrap as uncertainty
     from minimascope import data, models, similarity
     from minimascope.env import resolve_device
+    from minimascope.minima.common import load_trained_data, trained_dataset
 
     if bootstrap and (bootstrap < 2 or not set(measures) & set(uncertainty.BOOTSTRAP_MEASURES)):
         raise MinimascopeError(f"bootstrap: {bootstrap} must be 0 (off) or at least 2 resamples with "
                                f"{' or '.join(uncertainty.BOOTSTRAP_MEASURES)} among the measures")
-    if samples < 1:
+    if samples is not None and samples < 1:
         raise MinimascopeError(f"samples must be at least 1, got {samples}")
     if policy not in similarity.POLICIES or layer_set not in similarity.LAYER_SETS:
         raise MinimascopeError(f"policy must be one of {', '.join(similarity.POLICIES)} and layer set one of "
@@ -185,20 +188,26 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
         label_a, label_b = f"A {label_a}", f"B {label_b}"
     model_a, payload_a = models.load_trained(path_a)
     model_b, payload_b = (model_a, payload_a) if same_run else models.load_trained(path_b)
+    trained_on = {label_a: payload_a, label_b: payload_b}
+    dataset = trained_dataset(trained_on)
     identity = {
         "a": {"path": str(path_a), "weights_sha256": models.file_sha256(_weights_file(path_a))},
         "b": {"path": str(path_b), "weights_sha256": models.file_sha256(_weights_file(path_b))},
         "settings": {"samples": samples, "layers_a": list(layers_a) if layers_a else None,
                      "layers_b": list(layers_b) if layers_b else None, "layer_set": layer_set, "policy": policy,
-                     "data": data.content_key(data_source)},
+                     "data": data.content_key(data_source, dataset)},
     }
-    check_comparison_folder(out_dir, identity, study_node)  # before the computation: it may take minutes
-    cifar = data.load_cifar10(data_source, progress=progress)
-    images = cifar.test_images
-    if samples < len(images):
-        images = images[data.balanced_subset(cifar.test_labels, samples, seed=0)]
-    elif samples > len(images):
+    # before the computation, which may take minutes; the number of samples "all" stands for is known once
+    # the data are loaded, and checked with the rest under the lock below
+    known = {k: v for k, v in identity["settings"].items() if k != "samples" or samples is not None}
+    check_comparison_folder(out_dir, {**identity, "settings": known}, study_node)
+    loaded = load_trained_data(trained_on, data_source, progress=progress)
+    images = loaded.test_images
+    if samples is not None and samples < len(images):
+        images = images[data.balanced_subset(loaded.test_labels, samples, seed=0)]
+    elif samples is not None and samples > len(images):
         raise MinimascopeError(f"samples: {samples} exceeds the {len(images)} test images")
+    identity["settings"]["samples"] = len(images)
 
     def inputs_for(payload: dict) -> Tensor:
         normalization = data.Normalization(**{k: tuple(v) for k, v in payload["normalization"].items()})

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from minimascope.cli._app import RichStageProgress, app, console, one_line_errors, split_names
+from minimascope.cli.minima import DATA_HELP
 
 
 @app.command("compare")
@@ -18,20 +19,22 @@ def compare_command(
     run_b: Path = typer.Argument(..., help="run directory or weights/checkpoint file of network B (may be A)"),
     measures: str = typer.Option("cka,svcca,procrustes",
                                  help="comma-separated: cka, cka_minibatch, svcca, mean_cca, procrustes"),
-    samples: int = typer.Option(10_000, help="test images compared (a class-balanced subset when fewer than 10,000)"),
+    samples: Optional[int] = typer.Option(
+        None, help="test images compared, a class-balanced subset when fewer than all (default: all, 10,000 for "
+                   "CIFAR-10)"),
     layers: Optional[str] = typer.Option(
         None, help="comma-separated module names for both networks (default: every Conv2d and Linear)"),
     layers_b: Optional[str] = typer.Option(None, help="module names for B when they differ from --layers"),
     layer_set: str = typer.Option("conv_linear", help="default layers: conv_linear or blocks"),
     policy: str = typer.Option("flatten", help="conv maps: flatten (N, C*H*W) or spatial_mean (N, C)"),
-    data_source: Optional[str] = typer.Option(None, "--data", help="CIFAR-10 source (env: MINIMASCOPE_DATA)"),
+    data_source: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
     out: Optional[Path] = typer.Option(None, help="output folder (default: comparisons/<A>_vs_<B>)"),
     device: str = typer.Option("auto", help="auto (cuda when present), cpu or cuda[:N]"),
     batch_size: int = typer.Option(500, help="images per forward pass"),
     bootstrap: int = typer.Option(0, help="image subsamples for CKA intervals and shuffled-image baselines of "
                                           "same-named layers, written to bootstrap.json (0: none)"),
 ) -> None:
-    """Compare every layer of network A with every layer of network B on the CIFAR-10 test set."""
+    """Compare every layer of network A with every layer of network B on the test set of their data set."""
     from minimascope.compare import compare_networks
 
     out_dir = out or Path("comparisons") / f"{run_a.resolve().name}_vs_{run_b.resolve().name}"

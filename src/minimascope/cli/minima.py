@@ -24,7 +24,7 @@ from minimascope.analyses import ANALYSES
 from minimascope.cli._app import app, console, one_line_errors
 
 RUN_HELP = "run directory (or weights file) of a completed run"
-DATA_HELP = "CIFAR-10 source (env: MINIMASCOPE_DATA)"
+DATA_HELP = "the runs' data set source, the one they were trained on (env: MINIMASCOPE_DATA, for cifar10)"
 DEVICE_HELP = "auto (cuda when present), cpu or cuda[:N]"
 
 
@@ -122,6 +122,8 @@ def connectivity_command(
     out_dir = _default_out(out, "connectivity", run_a, run_b)
     result = connectivity_of_runs(run_a, run_b, out_dir, points=points, images=images, align=align,
                                   data_source=data_source, device=device, seed=seed, batch_size=batch_size)
+    if "alignment_skipped" in result.settings:
+        console.print(f"[yellow]not aligned:[/yellow] {escape(result.settings['alignment_skipped'])}", highlight=False)
     for curve in result.curves:
         barriers = curve.barriers()
         console.print(f"{curve.variant:<22} barrier: train loss {barriers['train_loss']:.4g}, "

@@ -1,17 +1,21 @@
-"""What every analysis of a minimum shares: where its results may go, and which images it looks at."""
+"""What every analysis of a minimum shares: where its results may go, the data set its networks were trained on,
+and which images of it it looks at."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from minimascope.errors import MinimascopeError
 from minimascope.io import LOCK_FILE, locked, read_json, temporary_name_pattern
+
+if TYPE_CHECKING:
+    from minimascope.data import ImageData, Progress
 
 
 def check_out_folder(out_dir: str | Path, *, study_node: bool = False) -> Path:
@@ -91,3 +95,56 @@ def balanced_inputs(payload: dict[str, Any], images: Tensor, labels: Tensor, siz
         images, labels = images[index], labels[index]
     normalization = data.Normalization(**{k: tuple(v) for k, v in payload["normalization"].items()})
     return normalization(images), labels
+
+
+def _trained_on(record: Mapping[str, Any]) -> tuple[str, tuple[str, ...], int, tuple[int, ...]]:
+    """(data set, classes, channels, image size) a weights payload or run.json says its network was trained on;
+    a record that says nothing is CIFAR-10's, as every record was before other data sets."""
+    from minimascope import datasets, models
+
+    name = models.payload_dataset(record)
+    spec = datasets.get(name)
+    recorded = record.get("dataset") or {}
+    classes = tuple(str(c) for c in recorded.get("classes") or spec.classes or ())
+    size = tuple(int(s) for s in recorded.get("image_size") or spec.image_size or ())
+    return name, classes, models.payload_channels(record), size
+
+
+def _described(trained: tuple[str, tuple[str, ...], int, tuple[int, ...]]) -> str:
+    from minimascope import datasets
+
+    name, classes, channels, size = trained
+    shown = f": {', '.join(classes)}" if len(classes) <= 5 else ""
+    image = f"{'x'.join(map(str, size))} " if size else ""
+    return (f"{datasets.get(name).title} ({len(classes)} classes{shown}; {image}images of {channels} "
+            f"channel{'s' if channels != 1 else ''})")
+
+
+def trained_dataset(records: Mapping[str, Mapping[str, Any]]) -> str:
+    """The data set (its name in :mod:`minimascope.datasets`) the networks of ``records`` (label → weights
+    payload or run.json) were trained on. Networks of different data sets, or of one data set with other
+    classes, channels or image size (two image folders), are one line: no analysis of two networks compares
+    them on images only one of them was trained to read."""
+    (first_label, first), *others = ((label, _trained_on(record)) for label, record in records.items())
+    for label, trained in others:
+        if trained != first:
+            raise MinimascopeError(f"{first_label} was trained on {_described(first)}, {label} on "
+                                   f"{_described(trained)}: analyse networks of one data set together")
+    return first[0]
+
+
+def load_trained_data(records: Mapping[str, Mapping[str, Any]], source: str | None, *,
+                      progress: Progress | None = None) -> ImageData:
+    """The data set the networks of ``records`` were trained on (:func:`trained_dataset`), loaded from
+    ``source`` (``--data``; see :func:`minimascope.data.resolve_source`). A source of other classes, channels
+    or image size than the networks' is one line."""
+    from minimascope import data, datasets
+
+    name = trained_dataset(records)
+    loaded = data.load(name, source, progress=progress)
+    expected = _trained_on(next(iter(records.values())))
+    found = (name, loaded.classes, loaded.channels, loaded.image_size)
+    if found != expected:
+        raise MinimascopeError(f"the {datasets.get(name).title} source given holds {_described(found)}, the "
+                               f"networks were trained on {_described(expected)}; pass their source with --data")
+    return loaded

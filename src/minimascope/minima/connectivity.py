@@ -16,7 +16,9 @@ since the running statistics of an interpolated network are not those of either 
 
 With ``align=True`` B is also first permuted onto A by weight matching (``minimascope.minima.matching``),
 which changes B's weights but not its function, and each variant is repeated on that path
-(named ``<bn>+matched``).
+(named ``<bn>+matched``). Weight matching has permutation rules for ResNets and plain chains of layers; for
+any other architecture the paths to the matched B are left out and the result's settings say why
+(``alignment_skipped``).
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ def linear_connectivity(model_a: nn.Module, model_b: nn.Module, train_images: Te
                         labels: tuple[str, str] = ("A", "B")) -> Connectivity:
     """Loss and error on both image sets at ``points`` evenly spaced alphas from A (0) to B (1), per
     batch-norm mode (and per mode again to the weight-matched B with ``align``); see module doc. Images
-    are normalised float tensors; ``seed`` orders weight matching's coordinate descent."""
+    are normalised float tensors; ``seed`` orders weight matching's coordinate descent. A network weight
+    matching has no rule for is walked without it, the reason in ``settings["alignment_skipped"]``."""
     unknown = [mode for mode in bn_modes if mode not in BN_MODES]
     if unknown or not bn_modes:
         raise MinimascopeError(f"unknown batch-norm mode {unknown[0] if unknown else None!r}; "
@@ -191,10 +194,14 @@ def linear_connectivity(model_a: nn.Module, model_b: nn.Module, train_images: Te
     device = next(model_a.parameters()).device if device is None else torch.device(device)
     alphas = torch.linspace(0, 1, points, dtype=torch.float64).tolist()
     targets = [("", model_b)]
+    skipped = None
     if align:
-        from minimascope.minima.matching import weight_matching
+        from minimascope.minima.matching import NoPermutationRule, weight_matching
 
-        targets.append((MATCHED, weight_matching(model_a, model_b, seed=seed)))
+        try:
+            targets.append((MATCHED, weight_matching(model_a, model_b, example=train_images[:2], seed=seed)))
+        except NoPermutationRule as exc:
+            skipped = str(exc)
     state_a = model_a.state_dict()
     walker = copy.deepcopy(model_a).to(device)
     curves = []
@@ -216,6 +223,8 @@ def linear_connectivity(model_a: nn.Module, model_b: nn.Module, train_images: Te
                         errors[f"{split}_{metric}"].append(se)
             curves.append(PathCurve(mode + suffix, **values, standard_errors=errors))
     settings = {"points": points, "bn_modes": list(bn_modes), "align": align, "batch_size": batch_size, "seed": seed}
+    if skipped is not None:
+        settings["alignment_skipped"] = skipped
     return Connectivity(alphas, curves, len(train_labels), len(test_labels), labels, settings)
 
 
@@ -280,14 +289,22 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
                          data_source: str | None = None, device: str = "auto", seed: int = 0,
                          batch_size: int = 500, study_node: bool = False) -> Connectivity:
     """:func:`linear_connectivity` between two runs' final networks (run directories or weights files) on
-    class-balanced subsets of ``images`` CIFAR-10 training and ``images`` test images (drawn with ``seed``;
-    batch-norm statistics are recomputed from the same training images), written to ``out_dir``. Both runs
-    must have been trained on identically normalised inputs: between two normalisations no path means
-    anything. ``out_dir`` is checked by :func:`~minimascope.minima.common.check_analysis_folder` before
-    anything is computed (``study_node``: the study's own folder)."""
-    from minimascope import data, models
+    class-balanced subsets of ``images`` training and ``images`` test images of the data set both were
+    trained on (from ``data_source``; drawn with ``seed``; batch-norm statistics are recomputed from the same
+    training images), written to ``out_dir``. Both runs must have been trained on one data set, identically
+    normalised: between two normalisations no path means anything. ``out_dir`` is checked by
+    :func:`~minimascope.minima.common.check_analysis_folder` before anything is computed (``study_node``: the
+    study's own folder)."""
+    from minimascope import data, datasets, models
     from minimascope.env import resolve_device
-    from minimascope.minima.common import balanced_inputs, check_analysis_folder, result_folder, weights_identity
+    from minimascope.minima.common import (
+        balanced_inputs,
+        check_analysis_folder,
+        load_trained_data,
+        result_folder,
+        trained_dataset,
+        weights_identity,
+    )
 
     check_analysis_folder(out_dir, CONNECTIVITY_FILES, study_node=study_node)  # before anything is loaded
     torch_device = resolve_device(device)
@@ -296,6 +313,9 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
     model_b, payload_b = models.load_trained(path_b)
     identity = [weights_identity(path_a), weights_identity(path_b)]
     check_analysis_folder(out_dir, CONNECTIVITY_FILES, identity, study_node=study_node)
+    labels = (path_a.name, path_b.name) if path_a.name != path_b.name else (f"A {path_a.name}", f"B {path_b.name}")
+    trained_on = dict(zip(labels, (payload_a, payload_b)))
+    trained_dataset(trained_on)  # two data sets first: their networks' architectures differ as a consequence
     if (payload_a["arch"], payload_a["num_classes"]) != (payload_b["arch"], payload_b["num_classes"]):
         raise MinimascopeError(f"{path_a.name} is a {payload_a['arch']} with {payload_a['num_classes']} classes, "
                                f"{path_b.name} a {payload_b['arch']} with {payload_b['num_classes']}: no straight "
@@ -303,18 +323,18 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
     if payload_a["normalization"] != payload_b["normalization"]:
         raise MinimascopeError(f"{path_a.name} and {path_b.name} were trained on differently normalised inputs; "
                                f"a path between them has no input that suits both")
-    data_key = data.content_key(data_source)
-    cifar = data.load_cifar10(data_source)
-    train_images, train_labels = balanced_inputs(payload_a, cifar.train_images, cifar.train_labels,
-                                                 min(images, len(cifar.train_labels)), seed)
-    test_images, test_labels = balanced_inputs(payload_a, cifar.test_images, cifar.test_labels,
-                                               min(images, len(cifar.test_labels)), seed)
-    labels = (path_a.name, path_b.name) if path_a.name != path_b.name else (f"A {path_a.name}", f"B {path_b.name}")
+    loaded = load_trained_data(trained_on, data_source)
+    data_key = data.content_key(data_source, loaded.dataset)
+    train_images, train_labels = balanced_inputs(payload_a, loaded.train_images, loaded.train_labels,
+                                                 min(images, len(loaded.train_labels)), seed)
+    test_images, test_labels = balanced_inputs(payload_a, loaded.test_images, loaded.test_labels,
+                                               min(images, len(loaded.test_labels)), seed)
     result = linear_connectivity(model_a.to(torch_device), model_b.to(torch_device), train_images, train_labels,
                                  test_images, test_labels, points=points, bn_modes=bn_modes, align=align,
                                  batch_size=batch_size, device=torch_device, seed=seed, labels=labels)
-    source = {"run_a": str(path_a), "run_b": str(path_b), "data": data_key,
-              "images": f"class-balanced subsets (seed {seed}) of the CIFAR-10 train and test sets; batch-norm "
+    title = datasets.get(loaded.dataset).title
+    source = {"run_a": str(path_a), "run_b": str(path_b), "dataset": loaded.dataset, "data": data_key,
+              "images": f"class-balanced subsets (seed {seed}) of the {title} train and test sets; batch-norm "
                         f"statistics recomputed from the same train images"}
     result = Connectivity(result.alphas, result.curves, result.n_train, result.n_test, result.labels,
                           {**result.settings, **source})

@@ -40,7 +40,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from minimascope.data import CLASSES
+from minimascope import datasets
 from minimascope.errors import MinimascopeError
 from minimascope.io import atomic_write_bytes, atomic_write_json, atomic_write_text, older_format, read_result_fields
 from minimascope.stats import McNemarTest, mcnemar_exact
@@ -223,11 +223,13 @@ def error_kappa(both_wrong: int, only_a_wrong: int, only_b_wrong: int, both_righ
     return (observed - chance) / (1 - chance)
 
 
-def compare_mistakes(predicted_a, predicted_b, labels, *, class_names: Sequence[str] = CLASSES,
+def compare_mistakes(predicted_a, predicted_b, labels, *,
+                     class_names: Sequence[str] = datasets.DATASETS[datasets.DEFAULT].classes,
                      label_a: str = "A", label_b: str = "B") -> MistakeComparison:
     """The 2×2 table of A's and B's mistakes on the same test images, its significance, per-class
     error rates, and the images only one network gets wrong. Inputs are predicted and true class
-    indices, one per image (numpy arrays, tensors or lists)."""
+    indices, one per image (numpy arrays, tensors or lists); ``class_names`` are the data set's (label i
+    is ``class_names[i]``; the default data set's when not given)."""
     a, b, y = _checked(predicted_a, predicted_b, labels, len(class_names))
     wrong_a, wrong_b = a != y, b != y
     both_wrong = int((wrong_a & wrong_b).sum())
@@ -256,8 +258,8 @@ def compare_mistakes(predicted_a, predicted_b, labels, *, class_names: Sequence[
 
 def _images(images: np.ndarray | torch.Tensor, n: int) -> np.ndarray:
     array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    if array.ndim != 4 or array.shape[1] != 3 or array.dtype != np.uint8:
-        raise MinimascopeError(f"images must be uint8 (N, 3, H, W), not {array.dtype} {array.shape}")
+    if array.ndim != 4 or array.shape[1] not in (1, 3) or array.dtype != np.uint8:
+        raise MinimascopeError(f"images must be uint8 (N, C, H, W) with C 1 or 3, not {array.dtype} {array.shape}")
     if array.shape[0] != n:
         raise MinimascopeError(f"{array.shape[0]} images for {n} predictions: pass the test images the "
                                "predictions were made on")
@@ -267,7 +269,8 @@ def _images(images: np.ndarray | torch.Tensor, n: int) -> np.ndarray:
 def mistake_grid(images: np.ndarray | torch.Tensor, mistakes: Sequence[Mistake], comparison: MistakeComparison,
                  title: str, *, limit: int = GRID_LIMIT, seed: int = 0) -> Figure:
     """Up to ``limit`` of ``mistakes`` (a random sample, drawn with ``seed``, shown in index order):
-    each image with its true class and both networks' predictions."""
+    each image (RGB, or grayscale in a gray colour map; any size) with its true class and both networks'
+    predictions."""
     pixels = _images(images, comparison.n)
     rng = np.random.default_rng(seed)
     shown = sorted(rng.choice(len(mistakes), size=limit, replace=False)) if len(mistakes) > limit \
@@ -287,7 +290,11 @@ def mistake_grid(images: np.ndarray | torch.Tensor, mistakes: Sequence[Mistake],
         axes.set_axis_off()
         if k < len(chosen):
             m = chosen[k]
-            axes.imshow(pixels[m.index].transpose(1, 2, 0), interpolation="nearest")
+            image = pixels[m.index].transpose(1, 2, 0)
+            if image.shape[2] == 1:  # grayscale: one plane in a gray map, 0 black and 255 white
+                axes.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            else:
+                axes.imshow(image, interpolation="nearest")
             axes.set_title(f"#{m.index} {names[m.true]}\n{comparison.label_a}: {names[m.predicted_a]}\n"
                            f"{comparison.label_b}: {names[m.predicted_b]}", fontsize=6)
     sample = f"{len(chosen)} of {len(mistakes)} images" + (f", drawn at random (seed {seed})"
@@ -318,7 +325,7 @@ def write_mistakes(comparison: MistakeComparison, out_dir: str | Path,
                    seed: int = 0, inputs: Sequence[str] = ()) -> list[Path]:
     """``mistakes.json`` (format ``minimascope-mistakes-v2``: table, rates, significance, McNemar's test, per class,
     every image only one network gets wrong; ``inputs``: the sha256 of the predictions it is of),
-    ``mistakes.csv`` (per class) and, when the test ``images`` (uint8 (N, 3, H, W), the ones predicted) are
+    ``mistakes.csv`` (per class) and, when the test ``images`` (uint8 (N, C, H, W), the ones predicted) are
     given, ``only_a.png`` and ``only_b.png``; returns the paths written."""
     out = Path(out_dir)
     figures = []
@@ -370,21 +377,26 @@ def read_mistakes(path: str | Path) -> MistakeComparison:
 
 def mistakes_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, *, data_source: str | None = None,
                      limit: int = GRID_LIMIT, seed: int = 0, study_node: bool = False) -> MistakeComparison:
-    """:func:`compare_mistakes` of two runs' final test predictions (their ``predictions.pt``), written
-    to ``out_dir`` with grids of the test images (from the CIFAR-10 source, by each prediction's
-    ``test_index``) that only one run gets wrong. Both runs must have predicted the same test images.
+    """:func:`compare_mistakes` of two runs' final test predictions (their ``predictions.pt``), named by the
+    classes of the data set both were trained on, written to ``out_dir`` with grids of the test images (from
+    that data set's ``data_source``, by each prediction's ``test_index``) that only one run gets wrong. Both
+    runs must have been trained on one data set and have predicted the same test images.
     ``out_dir`` is checked by :func:`~minimascope.minima.common.check_analysis_folder` (``study_node``: the
     study's own folder)."""
-    from minimascope import data
-    from minimascope.minima.common import check_analysis_folder, result_folder
+    from minimascope.minima.common import check_analysis_folder, load_trained_data, result_folder, trained_dataset
     from minimascope.models import file_sha256
-    from minimascope.runs import PREDICTIONS, read_predictions
+    from minimascope.runs import PREDICTIONS, read_predictions, read_run_json
 
     check_analysis_folder(out_dir, MISTAKES_FILES, study_node=study_node)  # before anything is loaded
     path_a, path_b = Path(run_a).resolve(), Path(run_b).resolve()
     for path in (path_a, path_b):
         if not path.is_dir():
             raise MinimascopeError(f"not a run directory: {path} (mistakes are read from a run's predictions.pt)")
+    label_a, label_b = (path_a.name, path_b.name) if path_a.name != path_b.name else (f"A {path_a.name}",
+                                                                                      f"B {path_b.name}")
+    # run.json says what data set a run was trained on, as its final.pt does
+    trained_on = {label_a: read_run_json(path_a), label_b: read_run_json(path_b)}
+    trained_dataset(trained_on)  # before the predictions of two data sets are compared
     predictions_a, predictions_b = read_predictions(path_a), read_predictions(path_b)
     identity = [file_sha256(path / PREDICTIONS) for path in (path_a, path_b)]
     check_analysis_folder(out_dir, MISTAKES_FILES, identity, study_node=study_node)
@@ -395,15 +407,13 @@ def mistakes_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
     labels = predictions_a["labels"]
     if not torch.equal(labels, predictions_b["labels"]):
         raise MinimascopeError(f"{path_a.name} and {path_b.name} disagree on the test labels: other data sets")
-    cifar = data.load_cifar10(data_source)
+    loaded = load_trained_data(trained_on, data_source)
     index = predictions_a["test_index"]
-    if int(index.max()) >= len(cifar.test_labels) or not torch.equal(cifar.test_labels[index], labels):
-        raise MinimascopeError("the CIFAR-10 source given is not the one the runs were tested on (its test labels "
-                               "differ); pass that source with --data")
-    label_a, label_b = (path_a.name, path_b.name) if path_a.name != path_b.name else (f"A {path_a.name}",
-                                                                                      f"B {path_b.name}")
+    if int(index.max()) >= len(loaded.test_labels) or not torch.equal(loaded.test_labels[index], labels):
+        raise MinimascopeError(f"the {datasets.get(loaded.dataset).title} source given is not the one the runs were "
+                               f"tested on (its test labels differ); pass that source with --data")
     comparison = compare_mistakes(predictions_a["predicted"], predictions_b["predicted"], labels,
-                                  label_a=label_a, label_b=label_b)
+                                  class_names=loaded.classes, label_a=label_a, label_b=label_b)
     with result_folder(out_dir, MISTAKES_FILES, identity, study_node=study_node) as out:
-        write_mistakes(comparison, out, cifar.test_images[index], limit=limit, seed=seed, inputs=identity)
+        write_mistakes(comparison, out, loaded.test_images[index], limit=limit, seed=seed, inputs=identity)
     return comparison

@@ -57,7 +57,7 @@ OLDER_FORMATS = ("minimascope-sharpness-v1", "minimascope-sharpness-v2")  # with
 SHARPNESS_JSON = "sharpness.json"
 DENSITY_PNG = "density.png"
 SHARPNESS_FILES = (SHARPNESS_JSON, DENSITY_PNG)  # what an output folder of sharpness holds
-DEFAULT_BATCH_SIZE = 1000  # 1,000 CIFAR images are one batch: its graph is built once and reused by every product
+DEFAULT_BATCH_SIZE = 1000  # 1,000 CIFAR-sized images are one batch: its graph is built once and reused by every product
 # The smoothed density: POINTS points over the nodes' span plus MARGIN of it on each side, a Gaussian kernel
 # of WIDTH times the span (so the margin is 5 kernel widths: each tail left out holds < 3e-7 of the mass),
 # values floored at FLOOR so that a log axis can show them.
@@ -405,27 +405,35 @@ def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 
                      batch_size: int = DEFAULT_BATCH_SIZE, adaptive: bool = True,
                      study_node: bool = False) -> Sharpness:
     """:func:`sharpness` of a run's final network (run directory or weights file) on a class-balanced
-    subset of ``images`` CIFAR-10 TRAINING images (drawn with ``seed``; the training loss is the one the
-    optimizer minimised), normalised as the run was trained; written to ``out_dir`` with the images
-    used stated in the JSON's settings. ``out_dir`` is checked before anything is computed
-    (:func:`~minimascope.minima.common.check_analysis_folder`; ``study_node``: the study's own folder)."""
+    subset of ``images`` TRAINING images of the data set it was trained on (from ``data_source``; drawn
+    with ``seed``: the training loss is the one the optimizer minimised), normalised as the run was trained;
+    written to ``out_dir`` with the images used stated in the JSON's settings. ``out_dir`` is checked before
+    anything is computed (:func:`~minimascope.minima.common.check_analysis_folder`; ``study_node``: the study's
+    own folder)."""
     from minimascope import data, models
     from minimascope.env import resolve_device
-    from minimascope.minima.common import balanced_inputs, check_analysis_folder, result_folder, weights_identity
+    from minimascope.minima.common import (
+        balanced_inputs,
+        check_analysis_folder,
+        load_trained_data,
+        result_folder,
+        weights_identity,
+    )
 
     check_analysis_folder(out_dir, SHARPNESS_FILES, study_node=study_node)  # before anything is loaded
     torch_device = resolve_device(device)
     model, payload = models.load_trained(run_dir)
     identity = [weights_identity(run_dir)]
     check_analysis_folder(out_dir, SHARPNESS_FILES, identity, study_node=study_node)
-    data_key = data.content_key(data_source)
-    cifar = data.load_cifar10(data_source)
-    inputs, labels = balanced_inputs(payload, cifar.train_images, cifar.train_labels, images, seed)
+    loaded = load_trained_data({Path(run_dir).name: payload}, data_source)
+    data_key = data.content_key(data_source, loaded.dataset)
+    inputs, labels = balanced_inputs(payload, loaded.train_images, loaded.train_labels, images, seed)
     result = sharpness(model.to(torch_device), inputs, labels, k=k, tol=tol, max_iter=max_iter, rel_error=rel_error,
                        min_probes=min(10, max_probes), max_probes=max_probes, density_steps=density_steps, seed=seed,
                        batch_size=batch_size, device=torch_device, adaptive=adaptive)
-    source = {"run": str(Path(run_dir).resolve()), "images": "train", "n_images": len(labels),
-              "subset": f"class-balanced, seed {seed}" if len(labels) < len(cifar.train_labels) else "all",
+    source = {"run": str(Path(run_dir).resolve()), "dataset": loaded.dataset, "images": "train",
+              "n_images": len(labels),
+              "subset": f"class-balanced, seed {seed}" if len(labels) < len(loaded.train_labels) else "all",
               "data": data_key, "mode": "eval (batch norm with running statistics)"}
     result = replace(result, settings={**result.settings, **source})
     with result_folder(out_dir, SHARPNESS_FILES, identity, study_node=study_node) as out:

@@ -105,7 +105,7 @@ def _iter_activations(model: nn.Module, inputs: Tensor, layers: Sequence[str], *
 def collect_activations(model: nn.Module, inputs: Tensor, layers: Sequence[str], *, batch_size: int = 500,
                         device: str | torch.device = "cpu", policy: str = "flatten",
                         progress: Progress | None = None) -> dict[str, Tensor]:
-    """``name → (N, p)`` float32 activations of ``inputs`` (N, 3, H, W), already normalised as the
+    """``name → (N, p)`` float32 activations of ``inputs`` (N, C, H, W), already normalised as the
     model expects. The model is moved to ``device`` and run in eval mode under no_grad."""
     n = inputs.shape[0]
     _check_samples(n, n)

@@ -383,7 +383,7 @@ def similarity_matrices(model_a: nn.Module, inputs_a: Tensor, model_b: nn.Module
                         progress: Progress | None = None) -> list[SimilarityMatrix]:
     """Compare every layer of ``model_a`` with every layer of ``model_b`` on the same images.
 
-    ``inputs_a``/``inputs_b``: (N, 3, H, W), the same images each normalised as its network
+    ``inputs_a``/``inputs_b``: (N, C, H, W), the same images each normalised as its network
     expects. Layers default to :func:`default_layers` ("conv_linear"). The models are moved to
     ``device``. Passing the same model and inputs twice computes activations and per-layer work
     once. When only ``cka_minibatch`` is asked for, activations stream in minibatches of
