@@ -15,7 +15,7 @@ import torch
 
 from helpers import make_archive, make_image_tree
 from minimascope import data, models
-from minimascope.analyses import ANALYSES, PER_ARM_PAIR, PER_PAIR, PER_RUN, AnalysisInfo, analysis
+from minimascope.analyses import ANALYSES, PER_ARM_PAIR, PER_PAIR, PER_RUN, PER_TRIPLE, AnalysisInfo, analysis
 from minimascope.compare import write_similarity
 from minimascope.errors import MinimascopeError
 from minimascope.io import atomic_torch_save, atomic_write_json
@@ -24,7 +24,7 @@ from minimascope.similarity import SimilarityMatrix
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-INPUTS = {PER_RUN: 1, PER_PAIR: 2, PER_ARM_PAIR: 1}  # positional inputs before out_dir
+INPUTS = {PER_RUN: 1, PER_PAIR: 2, PER_TRIPLE: 3, PER_ARM_PAIR: 1}  # positional inputs before out_dir
 # Per row: options that make it cheap (every one a row option, so these also exercise the table's names).
 CHEAP_OPTIONS = {
     "sharpness": {"images": 10, "k": 1, "tol": 0.5, "max_iter": 2, "rel_error": 0.5, "max_probes": 2,
@@ -34,6 +34,7 @@ CHEAP_OPTIONS = {
     "mistakes": {"limit": 4},
     "seeds": {},
     "landscape": {"grid": 3, "images": 20, "dims": 1},
+    "landscape-plane": {"grid": 3, "images": 20},
 }
 
 
@@ -111,7 +112,7 @@ def seeds_inputs(root: Path, runs: list[Path]) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, source: str) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
-    return [made_run(root / f"seed{seed}", seed, source) for seed in (0, 1)]
+    return [made_run(root / f"seed{seed}", seed, source) for seed in (0, 1, 2)]
 
 
 @pytest.mark.parametrize("row", ANALYSES.values(), ids=list(ANALYSES))

@@ -32,6 +32,9 @@ from minimascope.errors import MinimascopeError
 PER_RUN = "run"  # one node per run: function(run_dir, out_dir, **options)
 PER_PAIR = "pair"  # one node per compared pair of arms, one seed: function(run_a, run_b, out_dir, **options)
 PER_ARM_PAIR = "arm-pair"  # one node per pair of arms over all seeds: function(inputs, out_dir, **options)
+# one node per three runs of one seed (the study's: a then-arm, the arm it started from and the plain arm of its
+# optimizer): function(run_a, run_b, run_c, out_dir, **options)
+PER_TRIPLE = "triple"
 
 
 SEED_LIMIT = 2**63  # seeds go to torch.manual_seed and numpy, which take less
@@ -92,12 +95,18 @@ def _seed_option(what: str) -> Option:
     return Option("seed", int, 0, what, low=0, high=SEED_LIMIT - 1)
 
 
+# The surfaces' options that a surface around one network and the plane through three share.
+_SURFACE_IMAGES = Option("images", int, 1000, "class-balanced subset of N TRAINING images (and N test images with "
+                         "test)", low=2, high=CIFAR_TRAIN_IMAGES)
+_SURFACE_TEST = Option("test", bool, False, "also the loss and accuracy on test images")
+
+
 @dataclass(frozen=True)
 class AnalysisInfo:
     """One analysis: its name is its node kind, its CLI command and its folder under ``analyses/``."""
 
     name: str
-    per: str  # PER_RUN, PER_PAIR or PER_ARM_PAIR
+    per: str  # PER_RUN, PER_PAIR, PER_TRIPLE or PER_ARM_PAIR
     module: str
     function: str  # the run-level shell that computes and writes the result
     reader: str  # reads ``result_file`` (a file, or the folder holding it) back into its result type
@@ -106,7 +115,7 @@ class AnalysisInfo:
     takes: tuple[str, ...] = ()  # of "data_source" and "device": what the function takes besides its options
     section: str = ""  # the report section (``report/sections/<section>.py``) that shows it
     summary: str = ""
-    same_inputs: bool = False  # pairs only of networks that see identically normalised inputs
+    same_inputs: bool = False  # planned only for networks that see identically normalised inputs
     aliases: tuple[str, ...] = ()  # other CLI names of its command
     ordered: tuple[tuple[str, str], ...] = ()  # (a, b): option a may not exceed option b
 
@@ -198,14 +207,24 @@ ANALYSES: dict[str, AnalysisInfo] = {row.name: row for row in (
                             high=201),
                      Option("span", float, 1.0, "random directions: coordinates in [-span, span] (1 = each filter "
                             "moved by its own norm)", above=0),
-                     Option("images", int, 1000, "class-balanced subset of N TRAINING images (and N test images "
-                            "with test)", low=2, high=CIFAR_TRAIN_IMAGES),
+                     _SURFACE_IMAGES,
                      _seed_option("seed of the random directions and of the image subset"),
                      Option("dims", int, 2, "1: a line along one random direction; 2: a plane", low=1, high=2),
-                     Option("test", bool, False, "also the loss and accuracy on test images")),
+                     _SURFACE_TEST),
                  takes=("data_source", "device"), section="landscape",
                  summary="loss and accuracy on a line or plane of weights around a run, along filter-normalised "
                          "random directions (batch-norm statistics recomputed at every point)"),
+    AnalysisInfo("landscape-plane", PER_TRIPLE, "minimascope.minima.landscape", "plane_of_runs", "read_landscape",
+                 "landscape.json", _options(
+                     Option("grid", int, 21, "points per axis, odd", low=3, high=201),
+                     Option("margin", float, 0.25, "the plane: the grid covers the three networks with this share "
+                            "of their extent on each side", low=0, high=10),
+                     _SURFACE_IMAGES,
+                     _seed_option("seed of the image subset"),
+                     _SURFACE_TEST),
+                 takes=("data_source", "device"), section="landscape", same_inputs=True,
+                 summary="loss and accuracy on the plane through three runs' networks of one seed (a then-arm, the "
+                         "arm it started from and the plain arm of its optimizer), each network marked"),
     AnalysisInfo("seeds", PER_ARM_PAIR, "minimascope.optimizer_effect", "seed_statistics_of_pair",
                  "read_seed_statistics", "seeds.json", {}, section="seeds",
                  summary="two arms against two seeds of one arm: layer similarities (across vs within) and "

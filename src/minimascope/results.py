@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from minimascope import frames
-from minimascope.analyses import ANALYSES, PER_RUN
+from minimascope.analyses import ANALYSES, PER_RUN, PER_TRIPLE
 from minimascope.bootstrap import BOOTSTRAP_JSON, BootstrapResult, read_bootstrap
 from minimascope.errors import MinimascopeError
 from minimascope.io import is_locked, read_json
@@ -347,9 +347,10 @@ def _checked_node(node: Any, root: Path, where: str) -> tuple[dict[str, Any], Pa
     for key in needed:
         if key not in node:
             raise MinimascopeError(f"{where}: no {key}")
-    for key in ("arms", "seeds"):  # a compare node and a pair's analysis: two arms, and one seed or two
-        if key in node and len(node[key]) != 2:
-            raise MinimascopeError(f"{where}: {key} must be a list of two")
+    arms = 3 if kind in ANALYSES and ANALYSES[kind].per == PER_TRIPLE else 2  # three runs' analysis: three arms
+    for key, count in (("arms", arms), ("seeds", 2)):  # a compare node and a pair's analysis: two arms, one seed or two
+        if key in node and len(node[key]) != count:
+            raise MinimascopeError(f"{where}: {key} must be a list of {'three' if count == 3 else 'two'}")
     if kind in ("run", "compare") and node.get("seed") is None and "seeds" not in node:
         raise MinimascopeError(f"{where}: no seed")
     return node, folder

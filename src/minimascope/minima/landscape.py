@@ -84,6 +84,11 @@ class Landscape:
     def train_loss(self) -> list[list[float]]:
         return self.values["train_loss"]  # type: ignore[return-value]
 
+    @property
+    def dataset_title(self) -> str:
+        """The data set's title (CIFAR-10 for a file written before surfaces of other data sets)."""
+        return str(self.settings.get("dataset_title") or "CIFAR-10")
+
     def centre_loss(self) -> float:
         """The training loss at the first marked point (the network itself, or A of a plane)."""
         return self.points[0].values.train_loss
@@ -301,20 +306,32 @@ def read_landscape(path: str | Path) -> Landscape:
 # ----------------------------------------------------------------------------- runs, on disk
 
 
-def _inputs(payload: dict[str, Any], cifar: Any, images: int, seed: int, test: bool
+def _data_of(payload: dict[str, Any], data_source: str | None) -> tuple[Any, str]:
+    """(the data set ``payload``'s network was trained on, CIFAR-10 where it names none, from ``data_source``;
+    the key of that source's content)."""
+    from minimascope import data, models
+
+    name = models.payload_dataset(payload)
+    return data.load(name, data_source), data.content_key(data_source, name)
+
+
+def _inputs(payload: dict[str, Any], loaded: Any, images: int, seed: int, test: bool
             ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
     from minimascope.minima.common import balanced_inputs
 
-    train = balanced_inputs(payload, cifar.train_images, cifar.train_labels, images, seed)
-    return train, balanced_inputs(payload, cifar.test_images, cifar.test_labels, images, seed) if test else None
+    train = balanced_inputs(payload, loaded.train_images, loaded.train_labels, images, seed)
+    return train, balanced_inputs(payload, loaded.test_images, loaded.test_labels, images, seed) if test else None
 
 
-def _source(result: Landscape, runs: Sequence[str | Path], data_key: str, seed: int, cifar: Any,
-            batch_size: int, grid: int) -> Landscape:
-    subset = f"class-balanced, seed {seed}" if result.images < len(cifar.train_labels) else "all"
+def _source(result: Landscape, runs: Sequence[str | Path], loaded: Any, data_key: str, seed: int, batch_size: int,
+            grid: int) -> Landscape:
+    from minimascope import datasets
+
+    subset = f"class-balanced, seed {seed}" if result.images < len(loaded.train_labels) else "all"
     settings = {"runs": [str(Path(r).resolve()) for r in runs], "images": "train" + (" and test" if result.test_images
                                                                                      else ""),
-                "subset": subset, "data": data_key, "grid": grid, "batch_size": batch_size}
+                "subset": subset, "data": data_key, "dataset": loaded.dataset,
+                "dataset_title": datasets.get(loaded.dataset).title, "grid": grid, "batch_size": batch_size}
     return replace(result, settings={**result.settings, **settings})
 
 
@@ -331,12 +348,13 @@ def landscape_of_run(run_dir: str | Path, out_dir: str | Path, *, grid: int = 21
                      trajectory: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, data_source: str | None = None,
                      device: str = "auto", progress: Progress | None = None, study_node: bool = False) -> Landscape:
     """The surface of a run's final network (run directory or weights file) on a class-balanced subset of
-    ``images`` CIFAR-10 training images drawn with ``seed`` (and as many test images with ``test``),
+    ``images`` training images of the data set it was trained on, drawn with ``seed`` (and as many test images
+    with ``test``),
     normalised as the run was trained: along random directions from ``seed``, or with ``trajectory`` on the
     plane of its saved weights (a run directory trained with ``snapshot_every``). Written to ``out_dir``, which is
     checked before anything is computed (:func:`~minimascope.minima.common.check_analysis_folder`;
     ``study_node``: the study's own folder)."""
-    from minimascope import data, models
+    from minimascope import models
     from minimascope.env import resolve_device
     from minimascope.minima.common import check_analysis_folder, result_folder, weights_identity
 
@@ -349,9 +367,8 @@ def landscape_of_run(run_dir: str | Path, out_dir: str | Path, *, grid: int = 21
     states, epochs, saved = _saved_weights(run_dir, payload) if trajectory else ([], [], [])
     identity = [weights_identity(run_dir), *(models.file_sha256(path) for path in saved)]
     check_analysis_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node)
-    data_key = data.content_key(data_source)
-    cifar = data.load_cifar10(data_source)
-    train, test_set = _inputs(payload, cifar, images, seed, test)
+    images_of, data_key = _data_of(payload, data_source)
+    train, test_set = _inputs(payload, images_of, images, seed, test)
     common = {"grid": grid, "bn": bn, "batch_size": batch_size, "device": torch_device, "progress": progress}
     if trajectory:
         result = trajectory_surface(model, states, epochs, train, test_set, label=_run_label(run_dir), **common)
@@ -359,7 +376,7 @@ def landscape_of_run(run_dir: str | Path, out_dir: str | Path, *, grid: int = 21
     else:
         result = random_surface(model, train, test_set, span=span, dims=dims, seed=seed, label=_run_label(run_dir),
                                 **common)
-    result = _source(result, [run_dir], data_key, seed, cifar, batch_size, grid)
+    result = _source(result, [run_dir], images_of, data_key, seed, batch_size, grid)
     with result_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node) as out:
         write_landscape(result, out, identity)
     return result
@@ -397,17 +414,20 @@ def _saved_weights(run_dir: str | Path, payload: dict[str, Any]
 
 
 def plane_of_runs(run_a: str | Path, run_b: str | Path, run_c: str | Path, out_dir: str | Path, *, grid: int = 21,
-                  images: int = 1000, seed: int = 0, bn: str = "recompute", test: bool = False,
+                  margin: float = 0.25, images: int = 1000, seed: int = 0, bn: str = "recompute", test: bool = False,
                   batch_size: int = DEFAULT_BATCH_SIZE, data_source: str | None = None, device: str = "auto",
                   progress: Progress | None = None, study_node: bool = False) -> Landscape:
-    """The plane through three runs' final networks (origin A; see :func:`plane_surface`) on a class-balanced
-    subset of ``images`` training images (and test images with ``test``); the three must share architecture
-    and input normalisation. Written to ``out_dir``, checked first as :func:`landscape_of_run` checks it."""
-    from minimascope import data, models
+    """The plane through three runs' final networks (origin A; see :func:`plane_surface`, ``margin`` of their
+    extent around them) on a class-balanced subset of ``images`` training images of the data set they were trained
+    on (and test images with ``test``); the three must share architecture, data set and input normalisation.
+    Written to ``out_dir``, checked first as :func:`landscape_of_run` checks it."""
+    from minimascope import models
     from minimascope.env import resolve_device
     from minimascope.minima.common import check_analysis_folder, result_folder, weights_identity
 
     check_grid(grid, 1.0, 2, bn)
+    if not (math.isfinite(margin) and margin >= 0):
+        raise MinimascopeError(f"--margin must be a number >= 0, got {margin}")
     check_analysis_folder(out_dir, LANDSCAPE_FILES, study_node=study_node)  # before anything is loaded
     torch_device = resolve_device(device)
     loaded = [models.load_trained(run) for run in (run_a, run_b, run_c)]
@@ -419,15 +439,17 @@ def plane_of_runs(run_a: str | Path, run_b: str | Path, run_c: str | Path, out_d
     if any(p["normalization"] != payloads[0]["normalization"] for p in payloads):
         raise MinimascopeError("the three runs were trained on differently normalised inputs: a plane through "
                                "them means nothing")
-    data_key = data.content_key(data_source)
-    cifar = data.load_cifar10(data_source)
-    train, test_set = _inputs(payloads[0], cifar, images, seed, test)
+    trained_on = [models.payload_dataset(p) for p in payloads]
+    if len(set(trained_on)) > 1:
+        raise MinimascopeError(f"the three runs were trained on different data sets: {trained_on}")
+    images_of, data_key = _data_of(payloads[0], data_source)
+    train, test_set = _inputs(payloads[0], images_of, images, seed, test)
     labels = [_run_label(run) for run in (run_a, run_b, run_c)]
     if len(set(labels)) < 3:
         labels = [f"{name}: {label}" for name, label in zip("ABC", labels)]
-    result = plane_surface([m for m, _ in loaded], labels, train, test_set, grid=grid, bn=bn, batch_size=batch_size,
-                           device=torch_device, progress=progress)
-    result = _source(replace(result, seed=seed), [run_a, run_b, run_c], data_key, seed, cifar, batch_size, grid)
+    result = plane_surface([m for m, _ in loaded], labels, train, test_set, grid=grid, margin=margin, bn=bn,
+                           batch_size=batch_size, device=torch_device, progress=progress)
+    result = _source(replace(result, seed=seed), [run_a, run_b, run_c], images_of, data_key, seed, batch_size, grid)
     with result_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node) as out:
         write_landscape(result, out, identity)
     return result

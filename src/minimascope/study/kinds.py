@@ -212,7 +212,7 @@ def absolute_inputs(inputs: dict[str, Any], study_dir: Path) -> dict[str, Any]:
 
 
 class AnalysisKind:
-    """An analysis of one run, one pair of runs, or a pair of arms over all seeds: its row of
+    """An analysis of one run, a pair or three runs, or a pair of arms over all seeds: its row of
     ``ANALYSES`` writes its result files to the node's folder, then ``analysis.json`` (the node's key)
     marks it finished; an interrupted one runs again."""
 

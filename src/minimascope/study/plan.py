@@ -1,6 +1,6 @@
 """A study's nodes from its spec: the runs of each arm and seed, their comparisons, and the
-analyses of :data:`minimascope.analyses.ANALYSES` by what each is of (a run, a compared pair, a pair
-of arms over all seeds), each keyed before anything runs.
+analyses of :data:`minimascope.analyses.ANALYSES` by what each is of (a run, a compared pair, three
+runs of one seed, a pair of arms over all seeds), each keyed before anything runs.
 
 A node's key is the hash of its own settings and its dependencies' keys, never of paths, so all
 keys are known from the study file alone: a run's key is what :func:`minimascope.train.run_key`
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from minimascope.analyses import ANALYSES, PER_ARM_PAIR, PER_PAIR, PER_RUN, AnalysisInfo
+from minimascope.analyses import ANALYSES, PER_ARM_PAIR, PER_PAIR, PER_RUN, PER_TRIPLE, AnalysisInfo
 from minimascope.study.graph import Node, ordered, run_node_id
 from minimascope.study.kinds import kind
 from minimascope.study.spec import StudySpec
@@ -29,9 +29,9 @@ def assign_keys(nodes: Sequence[Node]) -> list[Node]:
 
 
 def study_nodes(spec: StudySpec, data: str, weights: str | None, weights_missing: str | None) -> list[Node]:
-    """Every node of a study (runs of each arm and seed, comparisons, the analyses of each run and
-    compared pair, comparisons across seeds, the analyses of each compared pair of arms over all
-    seeds), keyed, in dependency order.
+    """Every node of a study (runs of each arm and seed, comparisons, the analyses of each run, compared
+    pair and then-arm's three runs (:func:`_then_triples`), comparisons across seeds, the analyses of each
+    compared pair of arms over all seeds), keyed, in dependency order.
 
     ``data`` is the resolved CIFAR-10 source; ``weights`` the ImageNet weights file, or None with
     ``weights_missing`` saying why, which skips the pretrained arms and whatever depends on them.
@@ -51,6 +51,10 @@ def study_nodes(spec: StudySpec, data: str, weights: str | None, weights_missing
                 # same_inputs: no path between networks that see differently normalised inputs
                 if a != b and a in chosen and b in chosen and (not info.same_inputs or _same_inputs(spec, a, b)):
                     nodes.append(_analysis_node(spec, info, options, data, [a, b], [seed, seed]))
+        for info in _rows(PER_TRIPLE):
+            chosen, options = spec.analyses.of(info.name, arms)
+            nodes += [_analysis_node(spec, info, options, data, list(three), [seed] * 3)
+                      for three in _then_triples(spec, chosen, info.same_inputs)]
     seed_pairs = [(first, second) for i, first in enumerate(spec.seeds) for second in spec.seeds[i + 1:]]
     for arm in spec.analyses.across_seeds:
         nodes += [_compare_node(spec, data, arm, arm, first, second) for first, second in seed_pairs]
@@ -84,6 +88,32 @@ def _same_inputs(spec: StudySpec, a: str, b: str) -> bool:
     return multiplier(a) == multiplier(b)
 
 
+def _plain_arm(spec: StudySpec, like: str) -> str | None:
+    """The first plain arm of ``like``'s optimizer, architecture and data set: no init_from, not pretrained,
+    the data set's own normalisation; None when the study has none."""
+    wanted = spec.arms[like].config(0)
+    for name, arm in spec.arms.items():
+        config = arm.config(0)
+        if (arm.init_from is None and not config.pretrained and all(m == 1.0 for m in config.std_multiplier)
+                and (config.optimizer, config.arch, config.dataset) == (wanted.optimizer, wanted.arch, wanted.dataset)):
+            return name
+    return None
+
+
+def _then_triples(spec: StudySpec, chosen: list[str], same_inputs: bool) -> list[tuple[str, str, str]]:
+    """(S, T, P) for each then-arm T among ``chosen``: S the arm it starts from, P the plain arm of its optimizer
+    (:func:`_plain_arm`); none where P is missing or is S itself (two of the three networks would be one), nor,
+    with ``same_inputs``, where the three see differently normalised inputs."""
+    triples = []
+    for then in chosen:
+        start, plain = spec.arms[then].init_from, _plain_arm(spec, then)
+        if start is None or plain is None or plain == start:
+            continue
+        if not same_inputs or (_same_inputs(spec, start, then) and _same_inputs(spec, then, plain)):
+            triples.append((start, then, plain))
+    return triples
+
+
 def _run_node(spec: StudySpec, name: str, seed: int, data: str, weights: str | None,
               weights_missing: str | None) -> Node:
     arm = spec.arms[name]
@@ -112,8 +142,9 @@ def _compare_node(spec: StudySpec, data: str, a: str, b: str, seed_a: int, seed_
 
 def _analysis_node(spec: StudySpec, info: AnalysisInfo, options: dict[str, Any] | None, data: str,
                    arms: list[str], seeds: list[int]) -> Node:
-    """An analysis of one run (one arm), of a compared pair of runs of one seed, or of two seeds of one arm."""
-    folder = arms[0] if len(arms) == 1 else f"{arms[0]}_vs_{arms[1]}"
+    """An analysis of one run (one arm), of a compared pair of runs (or three runs) of one seed, or of two seeds
+    of one arm."""
+    folder = "_vs_".join(arms)
     same_seed = len(set(seeds)) == 1
     seed_text = f"seed{seeds[0]}" if same_seed else "-".join(f"seed{s}" for s in seeds)
     labels: dict[str, Any] = {"seed": seeds[0]} if same_seed else {"seeds": seeds}

@@ -177,8 +177,8 @@ def check_node(node: Any, study_dir: Path, where: str) -> Path:
         check_arm_name(node["arm"], where)
     if "arms" in node:
         arms = expect(node, "arms", list, where)
-        if not 1 <= len(arms) <= 2:
-            raise MinimascopeError(f"{where}: arms must be a list of one or two arms, got {shown(arms)}")
+        if not 1 <= len(arms) <= 3:
+            raise MinimascopeError(f"{where}: arms must be a list of one to three arms, got {shown(arms)}")
         for arm in arms:
             check_arm_name(arm, where)
     if node.get("seed") is not None:

@@ -14,6 +14,9 @@ A study file (YAML) holds::
       weights: {threshold: 1.0e-3}                    # per run: norms, distance from init, ranks
       connectivity: {points: 11, images: 1000}        # per compared pair with the same normalisation
       mistakes: {}                                    # per compared pair: which test images each gets wrong
+      landscape: {grid: 7, images: 100}               # per run: the loss surface around its network
+      landscape-plane: {grid: 7, images: 100}         # per then-arm and seed: the plane through the arm it
+                                                      # started from, it and the plain arm of its optimizer
       across_seeds: [sgd, adahessian]                 # compare every two seeds of one arm; with two or more
                                                       # seeds, the seed statistics of each compared pair of
                                                       # different arms that holds one of these

@@ -1,10 +1,12 @@
 """Loss surfaces: each arm's filter-normalised surface around its network (contours, as ``landscape`` drew them
-from ``landscape.json``) and the plane through three arms' networks (a then-arm, the arm it started from and the
-arm of its optimizer), with a table of the loss at each network and how far the surface rises around it."""
+from ``landscape.json``) and the plane through three arms' networks (the ``landscape-plane`` row: the arm a then-arm
+started from, the then-arm and the plain arm of its optimizer), with a table of the loss at each network and how far
+the surface rises around it. A plane's networks are named by their arms."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from minimascope.analyses import ANALYSES
@@ -41,11 +43,20 @@ def _seed(analysis: Any) -> str:
     return str(analysis.seed) if analysis.seed_b in (None, analysis.seed) else analysis.seed_text
 
 
+def by_arm_names(arms: tuple[str, ...], result: Landscape) -> Landscape:
+    """A plane with its marked networks named by their arms (in the node's order, which is the plane's A, B, C)
+    rather than by their run folders."""
+    if len(arms) != len(result.points):
+        return result
+    return replace(result, points=[replace(point, label=arm) for point, arm in zip(result.points, arms)])
+
+
 def _panels(ctx: Context, name: str, groups: dict[tuple[str, ...], list[Any]]) -> str | None:
-    """One contour panel per group (its first seed), drawn by the analysis's own figure code."""
+    """One contour panel per group (its first seed), drawn by the analysis's own figure code, a plane's networks
+    named by their arms."""
     from minimascope.minima.landscape_figures import contour_figure
 
-    panels = [(f"{' · '.join(arms)} (seed {_seed(analyses[0])})", analyses[0].result)
+    panels = [(f"{' · '.join(arms)} (seed {_seed(analyses[0])})", by_arm_names(arms, analyses[0].result))
               for arms, analyses in groups.items()]
     if not panels:
         return None
@@ -72,19 +83,23 @@ def build(ctx: Context) -> dict[str, Any]:
                      "span": ", ".join(sorted({f"{r.directions.get('span', '?')}" for r in random})) or "—"})
     for arms, analyses in planes.items():
         for analysis in analyses:
-            result = analysis.result
+            result = by_arm_names(arms, analysis.result)
             images.add(result.images)
             modes.add(result.bn)
             plane_rows.append({"arms": " · ".join(arms), "seed": _seed(analysis),
                                "points": [{"label": p.label, "x": f"{p.x:.3g}", "y": f"{p.y:.3g}",
                                            "loss": f"{p.values.train_loss:.4g}" if math.isfinite(p.values.train_loss)
                                            else "∞"} for p in result.points]})
+    titles = " / ".join(sorted({a.result.dataset_title for a in completed})) or "?"
     return {
-        "data_used": f"analyses/<landscape>/<arm(s)>/seed<k>/landscape.json; training loss on "
-                     f"{images_text(images, 'CIFAR-10 training images')} (class-balanced subset) at every grid point; "
+        "data_used": f"analyses/landscape/<arm>/seed<k>/landscape.json and analyses/landscape-plane/<A>_vs_<B>_vs_<C>/"
+                     f"seed<k>/landscape.json; training loss on {images_text(images, f'{titles} training images')} "
+                     f"(class-balanced subset) at every grid point; "
                      f"batch norm: {', '.join(sorted(modes)) or '?'} (recompute: statistics of those images at every "
                      f"point; eval: running statistics)",
-        "missing": [line for kind in kinds() for line in analysis_missing(study, kind)],
+        # a study that draws no planes (or no surfaces) lacks nothing: only kinds it planned can miss results
+        "missing": [line for kind in [k for k in kinds() if study.analysis_nodes(k)] or kinds()
+                    for line in analysis_missing(study, kind)],
         "rows": rows, "plane_rows": plane_rows,
         "figures": {"surfaces": _panels(ctx, "landscape-surfaces.png", surfaces),
                     "planes": _panels(ctx, "landscape-planes.png", planes)},
