@@ -21,11 +21,12 @@ from test_datasets import write_tree
 # Folder names that are markup, to see them escaped on the page.
 CLASSES = ("<zebra>", "a&b", "moth")
 STUDY = {
-    "defaults": {"dataset": "imagefolder", "arch": "resnet18-cifar", "epochs": 1, "batch_size": 16,
+    "defaults": {"dataset": "imagefolder", "arch": "torchvision:resnet34", "epochs": 1, "batch_size": 16,
                  "eval_batch_size": 64, "device": "cpu"},
     "seeds": [0],
     "arms": {"sgd": {"optimizer": "sgd", "lr": 0.01}, "adam": {"optimizer": "adam", "lr": 0.001}},
     "compare": {"measures": ["cka"], "samples": 6, "within": False},
+    "analyses": {"connectivity": {"points": 3, "images": 6}, "mistakes": True},
 }
 
 
@@ -45,7 +46,7 @@ def write_yaml(path: Path, values: dict) -> Path:
 def test_a_study_and_its_report_on_an_image_folder(image_folder: Path, tmp_path: Path, one_thread: None) -> None:
     study_dir = tmp_path / "study"
     outcome = run_study(write_yaml(tmp_path / "study.yaml", STUDY), study_dir, data=str(image_folder))
-    assert outcome.counts == {"completed": 3}, outcome.records  # two runs, one comparison
+    assert outcome.counts == {"completed": 5}, outcome.records  # two runs, one comparison, connectivity, mistakes
     header = json.loads((study_dir / "study.json").read_text())["data"]
     assert {k: header[k] for k in ("dataset", "title", "classes", "channels", "image_size", "train_images",
                                    "test_images")} == {
@@ -57,6 +58,18 @@ def test_a_study_and_its_report_on_an_image_folder(image_folder: Path, tmp_path:
     assert facts in page and "<zebra>" not in page
     assert "this study ran on image folder, not on the paper's data set" in " ".join(page.split())
     assert (study_dir / "report" / "filters-conv1.png").is_file()  # the stem's colour kernels
+    assert "Not aligned" not in page  # weight matching has a rule for every ResNet
+
+
+def test_a_network_weight_matching_cannot_align_is_walked_and_the_report_says_why(image_folder: Path,
+                                                                                   tmp_path: Path) -> None:
+    study = {**STUDY, "defaults": {**STUDY["defaults"], "arch": "torchvision:mobilenet_v2"},
+             "compare": {**STUDY["compare"], "measures": ["cka"]}, "analyses": {"connectivity": {"points": 3,
+                                                                                               "images": 6}}}
+    outcome = run_study(write_yaml(tmp_path / "study.yaml", study), tmp_path / "study", data=str(image_folder))
+    assert outcome.counts == {"completed": 4}, outcome.records
+    page = " ".join(write_report(tmp_path / "study").read_text().split())
+    assert "Not aligned: sgd vs adam: weight matching has no permutation rule for MobileNetV2" in page
 
 
 def test_the_arms_of_a_study_share_one_data_set(image_folder: Path, tmp_path: Path) -> None:

@@ -373,5 +373,9 @@ def test_aligned_path_of_a_permuted_resnet_has_no_barrier() -> None:
 
 
 def test_weight_matching_refuses_other_networks() -> None:
-    with pytest.raises(MinimascopeError, match="torchvision ResNets"):
+    """A plain chain is recognised from an example input only; a network with neither rule is refused with why."""
+    with pytest.raises(MinimascopeError, match="recognised from an example input, which was not given"):
         matching.weight_matching(conv_bn_net(), conv_bn_net())
+    mobilenet = build_model("torchvision:mobilenet_v2", 3, seed=0)
+    with pytest.raises(MinimascopeError, match="no permutation rule for MobileNetV2"):
+        matching.weight_matching(mobilenet, mobilenet, example=torch.zeros(2, 3, 32, 32))

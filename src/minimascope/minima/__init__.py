@@ -4,7 +4,8 @@
 * ``lanczos`` — the Lanczos math under it, on any symmetric matrix-vector product: top eigenvalues,
   stochastic Lanczos quadrature and its smoothing.
 * ``connectivity`` — loss and error along the straight line between two networks, and its barrier.
-* ``matching`` — weight matching (Git Re-Basin): permute one ResNet's hidden channels onto another's.
+* ``matching`` — weight matching (Git Re-Basin): permute the hidden channels of one ResNet or plain
+  conv/linear chain onto another's.
 * ``weights`` — per-layer norms, distance from init, ranks and spectra.
 * ``mistakes`` — which test images each of two networks gets wrong, against independent errors.
 * ``common`` — the output-folder check and the class-balanced image subset they share.

@@ -30,11 +30,15 @@ def _largest_stderr(curves: list[Any]) -> str:
 
 def build(ctx: Context) -> dict[str, Any]:
     study = ctx.study
-    rows, pairs, sizes = [], [], set()
+    rows, pairs, sizes, not_aligned = [], [], set(), {}
     for arms, analyses in by_arms(study.completed_analyses("connectivity")).items():
         results = [a.result for a in analyses]
         sizes |= {(r.n_train, r.n_test, r.settings.get("points", len(r.alphas))) for r in results}
         label = pair_label(arms)
+        # weight matching has no rule for the architecture: the +matched lines are absent, and the page says why
+        for result in results:
+            if isinstance(result.settings.get("alignment_skipped"), str):
+                not_aligned[label] = result.settings["alignment_skipped"]
         alphas = results[0].alphas
         same = [r for r in results if r.alphas == alphas]
         curves: dict[str, dict[str, np.ndarray]] = {}
@@ -57,4 +61,5 @@ def build(ctx: Context) -> dict[str, Any]:
                      f"arms, and two seeds of one arm (its seed-to-seed baseline, where weight matching has work "
                      f"to do)",
         "missing": analysis_missing(study, "connectivity"), "rows": rows, "figure": figure,
+        "not_aligned": sorted(not_aligned.items()),
     }
