@@ -141,3 +141,23 @@ def test_class_names_are_drawn_as_written_however_many(tmp_path: Path) -> None:
     pair = figures.ClassErrors("sgd vs adam", names, "sgd", "adam", rates, rates[::-1])
     svg = figures.class_errors_figure([pair], tmp_path / "classes.svg").read_text()
     assert "$\\nosuch$" in svg and "class 97" in svg
+
+
+def test_pretrained_arms_of_other_architectures_fetch_their_own_weights(tmp_path: Path) -> None:
+    """Only resnet18 arms read the study's ImageNet weights file and are skipped without it; a torchvision
+    architecture's pretrained arm is planned to fetch its own published weights."""
+    from minimascope.study.plan import study_nodes
+    from minimascope.study.spec import load_spec
+
+    spec = load_spec(write_yaml(tmp_path / "study.yaml", {
+        "defaults": {"epochs": 1}, "seeds": [0],
+        "arms": {"resnet18": {"optimizer": "sgd", "pretrained": True},
+                 "resnet34": {"optimizer": "sgd", "pretrained": True, "arch": "torchvision:resnet34"}}}))
+    (tmp_path / "imagenet.pth").write_bytes(b"resnet18's weights, as far as the plan looks")  # hashed, not read
+    for weights, missing in ((str(tmp_path / "imagenet.pth"), None), (None, "no ImageNet weights here")):
+        nodes = {node.labels["arm"]: node for node in study_nodes(spec, "torchvision", weights, missing)
+                 if node.kind == "run"}
+        assert nodes["resnet18"].params["config"]["weights"] == weights
+        assert nodes["resnet18"].skip_reason == missing
+        assert nodes["resnet34"].params["config"]["weights"] is None and nodes["resnet34"].skip_reason is None
+        assert nodes["resnet34"].params["config"]["pretrained"] is True

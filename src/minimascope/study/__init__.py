@@ -31,7 +31,7 @@ from minimascope.study.records import (
     summary_rows,
     write_csv,
 )
-from minimascope.study.spec import StudySpec, load_spec
+from minimascope.study.spec import StudySpec, load_spec, reads_imagenet_file
 from minimascope.study.state import StudyProgress, StudyState
 
 WEIGHTS_ENV = "MINIMASCOPE_IMAGENET_WEIGHTS"
@@ -214,10 +214,8 @@ def run_study(source: str | Path, study_dir: str | Path, *, data: str | None = N
     dataset = study_dataset(spec)
     data = resolve_data(data, first.get("data"), dataset)
     weights_file, missing = None, None
-    # Only resnet18 reads the ImageNet weights file (fetched once here, skipped with the reason where it is
-    # absent); other architectures fetch their own published weights when their run starts.
-    if any(arm.options.get("pretrained") and arm.options.get("arch", "resnet18") == "resnet18"
-           for arm in spec.arms.values()):
+    # The ImageNet weights file is fetched once here (its arms skipped with the reason where it is absent).
+    if any(arm.options.get("pretrained") and reads_imagenet_file(arm.options) for arm in spec.arms.values()):
         weights_file, missing = imagenet_weights(weights, download_weights)
     nodes = study_nodes(spec, data, weights_file, missing)
     by_id = {node.id: node for node in nodes}

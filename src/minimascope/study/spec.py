@@ -58,6 +58,12 @@ NOT_IN_STUDY_FILE = {
 STUDY_PRESETS = ("paper", "quick", "tiny", "optimizers")
 
 
+def reads_imagenet_file(options: dict[str, Any]) -> bool:
+    """Whether a pretrained arm starts from the study's ImageNet weights file (resnet18's): another
+    architecture fetches its own published weights when its run starts."""
+    return options.get("arch", "resnet18") == "resnet18"
+
+
 @dataclass(frozen=True)
 class Arm:
     """One arm: its train options (defaults merged in, as given: not yet a TrainConfig) and the
@@ -71,7 +77,7 @@ class Arm:
                init_dir: str | None = None) -> TrainConfig:
         """The arm's TrainConfig for one seed (paths filled in by whoever runs it)."""
         values = {**self.options, "seed": seed, "data": data, "init_from": init_dir}
-        if values.get("pretrained") and weights is not None:
+        if values.get("pretrained") and weights is not None and reads_imagenet_file(values):
             values["weights"] = weights
         return TrainConfig.from_mapping(values)
 
@@ -221,9 +227,7 @@ def _arms(raw: Any, defaults: dict[str, Any], file: Path) -> dict[str, Arm]:
             if init_from == name:
                 raise MinimascopeError(f"{where}: init_from: an arm cannot start from itself")
         options = {**defaults, **train_options(values, where)}
-        config = checked_config({**options, "init_from": f"<{init_from}>" if init_from else None}, where)
-        if config.pretrained and config.arch != "resnet18":
-            raise MinimascopeError(f"{where}: pretrained: ImageNet weights exist for arch resnet18 only")
+        checked_config({**options, "init_from": f"<{init_from}>" if init_from else None}, where)
         arms[name] = Arm(name, options, init_from)
     _check_acyclic(arms, file)
     return arms
