@@ -348,6 +348,8 @@ def test_interrupted_run_resumes_bit_identical(cifar_source: str, tmp_path: Path
 def test_a_grayscale_image_folder_trains_with_resnet18_cifar(tmp_path: Path) -> None:
     """28x28 grayscale images of three classes: a one-channel stem, a three-class head, the data set recorded in
     run.json and final.pt, and the network rebuilt from final.pt alone."""
+    from PIL import Image
+
     from test_datasets import write_tree
 
     write_tree(tmp_path / "digits", ("one", "two", "three"), (28, 28), "L", per_class=6)
@@ -370,3 +372,9 @@ def test_a_grayscale_image_folder_trains_with_resnet18_cifar(tmp_path: Path) -> 
                                  "torchvision:resnet999", "--epochs", "1", "--out", str(tmp_path / "r2")),
                           "unknown torchvision model 'resnet999'")
     assert not (tmp_path / "r2").exists()
+    Image.new("L", (28, 20)).save(tmp_path / "digits" / "test" / "two" / "01.png")
+    assert_one_line_error(invoke("train", "--dataset", "imagefolder", "--data", str(tmp_path / "digits"),
+                                 "--out", str(tmp_path / "r3")), "an image folder holds images of one size")
+    assert_one_line_error(invoke("train", "--dataset", "imagefolder", "--out", str(tmp_path / "r3")),
+                          "imagefolder needs a source; point --data at a train/<class>/")
+    assert not (tmp_path / "r3").exists()
