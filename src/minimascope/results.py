@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from minimascope import frames
-from minimascope.analyses import ANALYSES, PER_RUN, PER_TRIPLE
+from minimascope.analyses import ANALYSES, PER_RUN
 from minimascope.bootstrap import BOOTSTRAP_JSON, BootstrapResult, read_bootstrap
 from minimascope.errors import MinimascopeError
 from minimascope.io import is_locked, read_json
@@ -40,13 +40,9 @@ from minimascope.study.records import (
     STUDY_FORMAT,
     STUDY_JSON,
     SUMMARY_CSV,
-    check_arm_name,
-    check_node,
-    check_seed,
-    expect,
     read_summary,
-    shown,
 )
+from minimascope.study_checks import Notes, as_mapping, checked_nodes, checked_record, relative
 
 FINISHED = ("completed", "diverged")
 INTERRUPTED = "interrupted"  # a node study.json says is running, in a study no process is running
@@ -208,43 +204,11 @@ class Study:
                                   if c.status == "completed" and c.matrices))
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-@dataclass
-class _Notes:
-    """What could not be read, as the report lists it: absent files, and files there but damaged."""
-
-    root: Path
-    missing: list[str] = field(default_factory=list)
-    damaged: list[str] = field(default_factory=list)
-
-    def failed(self, path: Path, exc: Exception) -> str:
-        """A reader's one-line message, with paths relative to the study (the report may move), as missing when
-        the file is not there and as damaged when it is; returns the line."""
-        line = str(exc).replace(f"{self.root}{os.sep}", "")
-        if isinstance(exc, MinimascopeError) and not path.exists():
-            self.missing.append(line)
-        else:
-            relative = _relative(path, self.root)  # first, so every line of the note starts with its file
-            rest = line[len(relative):].lstrip(": ") if line.startswith(relative) else line.replace(relative, path.name)
-            line = f"{relative}: {rest}"
-            self.damaged.append(line)
-        return line
-
-    def bad(self, path: Path, why: str) -> None:
-        self.damaged.append(f"{_relative(path, self.root)}: {why}")
-
-
 read_similarity = read_similarity_matrix  # a compare <measure>.json back, under the name notebooks know
 
 
 def _run_result(node: dict[str, Any], path: Path, summary: dict[tuple[str, int], dict[str, Any]] | None,
-                notes: _Notes) -> RunResult:
+                notes: Notes) -> RunResult:
     arm, seed = node["arm"], node["seed"]
     run = RunResult(arm=arm, seed=seed, status=node["status"], reason=node.get("reason"),
                     diverged_epoch=node.get("diverged_epoch"), path=path)
@@ -258,7 +222,8 @@ def _run_result(node: dict[str, Any], path: Path, summary: dict[tuple[str, int],
         except MinimascopeError as exc:
             notes.failed(run.path / RUN_JSON, exc)
             record = {}
-        final, per_epoch = _mapping(record.get("final") or node.get("final")), _mapping(record.get("time_per_epoch_s"))
+        final = as_mapping(record.get("final") or node.get("final"))
+        per_epoch = as_mapping(record.get("time_per_epoch_s"))
         run.values = {**{k: _float(v) for k, v in final.items()}, "epoch_time_mean_s": _float(per_epoch.get("mean")),
                       "epoch_time_std_s": _float(per_epoch.get("std"))}
         if summary is not None:
@@ -274,10 +239,6 @@ def _run_result(node: dict[str, Any], path: Path, summary: dict[tuple[str, int],
     return run
 
 
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _float(value: Any) -> float | None:
     try:
         return float(value) if value is not None and not isinstance(value, bool) else None
@@ -285,7 +246,7 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def _comparison(node: dict[str, Any], path: Path, measures: Iterable[str], notes: _Notes) -> Comparison:
+def _comparison(node: dict[str, Any], path: Path, measures: Iterable[str], notes: Notes) -> Comparison:
     arm_a, arm_b = node["arms"]
     comparison = Comparison(arm_a, arm_b, node["seed"], node["status"], node.get("reason"), path)
     if comparison.status == "completed":
@@ -298,13 +259,13 @@ def _comparison(node: dict[str, Any], path: Path, measures: Iterable[str], notes
     return comparison
 
 
-def _read_matrices(path: Path, measures: Iterable[str], notes: _Notes) -> dict[str, SimilarityMatrix]:
+def _read_matrices(path: Path, measures: Iterable[str], notes: Notes) -> dict[str, SimilarityMatrix]:
     matrices = {}
     found = sorted(p.stem for p in path.glob("*.json") if p.stem in MEASURES)  # not node, comparison, bootstrap
     for measure in measures or found:
         file = path / f"{measure}.json"
         if not file.is_file():
-            notes.missing.append(f"{_relative(file, notes.root)}: not found")
+            notes.missing.append(f"{relative(file, notes.root)}: not found")
             continue
         try:
             matrices[measure] = read_similarity_matrix(file)
@@ -313,7 +274,7 @@ def _read_matrices(path: Path, measures: Iterable[str], notes: _Notes) -> dict[s
     return matrices
 
 
-def _seed_comparison(node: dict[str, Any], path: Path, measures: Iterable[str], notes: _Notes) -> SeedComparison:
+def _seed_comparison(node: dict[str, Any], path: Path, measures: Iterable[str], notes: Notes) -> SeedComparison:
     seed_i, seed_j = node["seeds"]
     comparison = SeedComparison(node["arms"][0], (seed_i, seed_j), node["status"], node.get("reason"), path)
     if comparison.status == "completed":
@@ -321,7 +282,7 @@ def _seed_comparison(node: dict[str, Any], path: Path, measures: Iterable[str], 
     return comparison
 
 
-def _analysis(node: dict[str, Any], path: Path, notes: _Notes) -> Analysis:
+def _analysis(node: dict[str, Any], path: Path, notes: Notes) -> Analysis:
     info = ANALYSES[node["kind"]]
     arms = (node["arm"],) if info.per == PER_RUN else tuple(node["arms"])
     seeds = node.get("seeds") or ([node["seed"]] if node.get("seed") is not None else [])
@@ -337,93 +298,6 @@ def _analysis(node: dict[str, Any], path: Path, notes: _Notes) -> Analysis:
     return analysis
 
 
-def _checked_node(node: Any, root: Path, where: str) -> tuple[dict[str, Any], Path]:
-    """A node of study.json checked (:func:`minimascope.study.records.check_node`) with the fields this reader
-    takes apart, and its folder (inside the study); else one MinimascopeError naming ``where``."""
-    folder = check_node(node, root, where)
-    kind, where = node["kind"], f"{where} ({shown(node.get('id'))})"
-    needed = {"run": ("arm", "seed"), "compare": ("arms",)}.get(kind) or (
-        ("arm",) if ANALYSES[kind].per == PER_RUN else ("arms",))
-    for key in needed:
-        if key not in node:
-            raise MinimascopeError(f"{where}: no {key}")
-    arms = 3 if kind in ANALYSES and ANALYSES[kind].per == PER_TRIPLE else 2  # three runs' analysis: three arms
-    for key, count in (("arms", arms), ("seeds", 2)):  # a compare node and a pair's analysis: two arms, one seed or two
-        if key in node and len(node[key]) != count:
-            raise MinimascopeError(f"{where}: {key} must be a list of {'three' if count == 3 else 'two'}")
-    if kind in ("run", "compare") and node.get("seed") is None and "seeds" not in node:
-        raise MinimascopeError(f"{where}: no seed")
-    return node, folder
-
-
-# Fields of study.json the report reads beyond the nodes, and what each must be: a wrong one is left out.
-_RECORD_FIELDS = {"name": str, "arms": dict, "seeds": list, "compare": dict, "data": dict, "versions": dict,
-                  "device": (dict, str), "wall_time_s": (int, float), "created": str, "updated": str, "source": str}
-_ARM_FIELDS = {"optimizer": str, "epochs": int, "batch_size": int, "lr": (int, float), "pretrained": bool,
-               "init_from": (str, type(None)), "std_multiplier": list, "arch": str}
-
-
-def _checked_fields(mapping: dict[str, Any], fields: dict[str, Any], where: str, notes: _Notes) -> dict[str, Any]:
-    """``mapping`` without the ``fields`` of the wrong type (:func:`minimascope.study.records.expect`), each one
-    left out named in ``notes`` (``where`` starts with study.json, the file every such line names first)."""
-    checked = dict(mapping)
-    for key, types in fields.items():
-        if key in checked:
-            try:
-                expect(checked, key, types, where)
-            except MinimascopeError as exc:
-                notes.damaged.append(f"{exc}; left out")
-                checked.pop(key)
-    return checked
-
-
-def _checked_record(record: dict[str, Any], notes: _Notes) -> dict[str, Any]:
-    """study.json's fields with every one of the wrong type left out (and named in ``notes``)."""
-    path = notes.root / STUDY_JSON
-    checked = _checked_fields(record, _RECORD_FIELDS, STUDY_JSON, notes)
-    try:
-        for seed in checked.get("seeds", []):
-            check_seed(seed, f"{STUDY_JSON}: seeds")
-    except MinimascopeError as exc:
-        notes.damaged.append(f"{exc}; seeds left out")
-        checked.pop("seeds")
-    measures = _mapping(checked.get("compare")).get("measures", [])
-    if not isinstance(measures, list) or not all(isinstance(m, str) and m in MEASURES for m in measures):
-        notes.bad(path, f"compare: measures {shown(measures, 60)} are not measure names; left out")
-        checked["compare"] = {k: v for k, v in checked["compare"].items() if k != "measures"}
-    arms = {}
-    for arm, config in checked.get("arms", {}).items():
-        try:
-            check_arm_name(arm, f"{STUDY_JSON}: arms")
-            expect(checked["arms"], arm, dict, f"{STUDY_JSON}: arms")
-        except MinimascopeError as exc:
-            notes.damaged.append(f"{exc}; arm left out")
-            continue
-        arms[arm] = _checked_fields(config, _ARM_FIELDS, f"{STUDY_JSON}: arms: {arm}", notes)
-        multiplier = arms[arm].get("std_multiplier")
-        if multiplier is not None and not (len(multiplier) == 3 and all(
-                isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) for m in multiplier)):
-            notes.bad(path, f"arms: {arm}: std_multiplier {shown(multiplier)} is not three numbers; left out")
-            arms[arm].pop("std_multiplier")
-    if "arms" in checked:
-        checked["arms"] = arms
-    if not isinstance(record.get("nodes", []), list):
-        notes.bad(path, "nodes is not a list; no node read")
-    return checked
-
-
-def _nodes(record: dict[str, Any], notes: _Notes) -> list[tuple[dict[str, Any], Path]]:
-    """study.json's nodes that can be read, each with its folder; every other one named in ``notes``."""
-    nodes = record.get("nodes", [])
-    checked = []
-    for index, node in enumerate(nodes if isinstance(nodes, list) else [], start=1):
-        try:
-            checked.append(_checked_node(node, notes.root, f"node {index}"))
-        except MinimascopeError as exc:
-            notes.bad(notes.root / STUDY_JSON, f"{exc}; node left out")
-    return checked
-
-
 def load_study(study_dir: str | Path, *, strict: bool = False) -> Study:
     """Read everything the report shows from ``study_dir`` (see the module docstring); with ``strict``, a
     damaged file is a MinimascopeError naming it instead of a line in :attr:`Study.damaged`."""
@@ -434,9 +308,9 @@ def load_study(study_dir: str | Path, *, strict: bool = False) -> Study:
     record = read_json(path, STUDY_JSON)
     if not isinstance(record, dict) or record.get("format") != STUDY_FORMAT:
         raise MinimascopeError(f"{path} is not a {STUDY_FORMAT} file")
-    notes = _Notes(root)
-    record = _checked_record(record, notes)
-    nodes = _nodes(record, notes)
+    notes = Notes(root)
+    record = checked_record(record, notes)
+    nodes = checked_nodes(record, notes)
     record["nodes"] = [node for node, _ in nodes]
     interrupted = any(node["status"] == "running" for node, _ in nodes) and not is_locked(root)
     if interrupted:  # what was running when the study was killed: shown as such, not as running
@@ -456,7 +330,7 @@ def load_study(study_dir: str | Path, *, strict: bool = False) -> Study:
         if node.get("kind") == "run":
             run = _run_result(node, folder, summary, notes)
             runs[(run.arm, run.seed)] = run
-    measures = _mapping(record.get("compare")).get("measures") or []  # none listed: whatever each folder holds
+    measures = as_mapping(record.get("compare")).get("measures") or []  # none listed: whatever each folder holds
     comparisons = [_comparison(n, folder, measures, notes) for n, folder in nodes
                    if n.get("kind") == "compare" and "seeds" not in n]
     seed_comparisons = [_seed_comparison(n, folder, measures, notes) for n, folder in nodes
