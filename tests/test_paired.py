@@ -120,8 +120,7 @@ def test_cost_rule_decides_and_holds_its_null() -> None:
     assert false / SIMULATIONS <= 0.05
 
 
-@pytest.mark.slow
-def test_adaptive_sharpness_is_invariant_to_a_batch_norm_rescaling() -> None:
+def test_adaptive_sharpness_is_invariant_to_a_batch_norm_rescaling(one_thread: None) -> None:
     torch.manual_seed(0)
     net = conv_bn_net().double()
     for module in net.modules():

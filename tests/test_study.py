@@ -172,17 +172,28 @@ def small_study(path: Path, arms: dict, pairs: list | str, analyses: dict | None
     return path
 
 
-@pytest.mark.slow
-def test_killed_study_resumes_to_the_same_results(cifar_source: str, cache: str, tmp_path: Path) -> None:
-    """A small study (a run, a run it is killed in, a run started from that one, their comparison and
-    analyses) killed with SIGKILL and run again equals the same study run straight through."""
-    file = small_study(tmp_path / "small.yaml", {
+@pytest.fixture(scope="module")
+def straight_small_study(tmp_path_factory: pytest.TempPathFactory, cifar_source: str, cache: str) -> tuple[Path, Path]:
+    """(study file, the study run straight through): a run, a run a test kills, a run started from that one,
+    their comparisons and analyses."""
+    root = tmp_path_factory.mktemp("small-study")
+    file = small_study(root / "small.yaml", {
         "sgd": {"optimizer": "sgd"},
         "adahessian": {"optimizer": "adahessian", "epochs": 4, "batch_size": 50},  # killed in: 2 steps an epoch
         "then": {"optimizer": "sgd", "init_from": "adahessian"}}, [["sgd", "adahessian"], ["then", "adahessian"]],
         analyses={"weights": True, "mistakes": True})
-    straight = run_study(file, tmp_path / "straight", data=cifar_source)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINIMASCOPE_CACHE", cache)
+        straight = run_study(file, root / "straight", data=cifar_source)
     assert straight.counts == {"completed": 10}, straight.records
+    return file, root / "straight"
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_to_the_same_results(straight_small_study: tuple[Path, Path], cifar_source: str,
+                                                  cache: str, tmp_path: Path) -> None:
+    """The small study killed with SIGKILL and run again equals the same study run straight through."""
+    file, straight = straight_small_study
     study_dir = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(SRC), "MINIMASCOPE_CACHE": cache}
     process = subprocess.Popen(
@@ -205,21 +216,22 @@ def test_killed_study_resumes_to_the_same_results(cifar_source: str, cache: str,
     assert outcome.counts == {"completed": 10}
     assert file_stamps(study_dir / "runs/sgd/seed0") == first  # not recomputed
     assert [int(r["epoch"]) for r in runs.read_metrics(interrupted)] == [1, 2, 3, 4]  # resumed, not restarted
-    assert_same_results(tmp_path / "straight", study_dir)
+    assert_same_results(straight, study_dir)
 
 
 @pytest.mark.slow
-def test_ray_study_gives_the_local_results(tiny_study: Path, cifar_source: str, imagenet_file: str,
+def test_ray_study_gives_the_local_results(straight_small_study: tuple[Path, Path], cifar_source: str,
                                           tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
+    file, straight = straight_small_study
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:  # a node holds both CPUs: nodes run one at a time, with the local study's thread count
-        outcome = run_study("tiny", tmp_path / "ray", data=cifar_source, weights=imagenet_file, executor="ray",
+        outcome = run_study(file, tmp_path / "ray", data=cifar_source, executor="ray",
                             executor_options={"cpus_per_run": 2, "threads": torch.get_num_threads()})
     finally:
         ray.shutdown()
-    assert outcome.counts == {"completed": TINY_NODES}, outcome.records
-    assert_same_results(tiny_study, tmp_path / "ray")
+    assert outcome.counts == {"completed": 10}, outcome.records
+    assert_same_results(straight, tmp_path / "ray")
 
 
 @pytest.mark.slow

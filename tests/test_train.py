@@ -57,8 +57,10 @@ def test_cli_train_writes_the_run_directory(cifar_source: str, tmp_path: Path) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["sgd", "adahessian"])
-def test_killed_run_resumes_bit_identical(cifar_source: str, tmp_path: Path, optimizer: str) -> None:
+def test_killed_run_resumes_bit_identical(cifar_source: str, tmp_path: Path) -> None:
+    """SIGKILL mid-epoch, then --resume: the weights of a run never killed. (Every optimizer's resume, AdaHessian's
+    Hessian steps included, is bit-identical in test_interrupted_run_resumes_bit_identical.)"""
+    optimizer = "sgd"
     config = small_config(cifar_source, optimizer=optimizer, epochs=3, train_subset=100, batch_size=20)
     train(config, tmp_path / "straight")
 
@@ -94,13 +96,13 @@ def test_killed_run_resumes_bit_identical(cifar_source: str, tmp_path: Path, opt
 
 @pytest.mark.slow
 def test_adahessian_learns_from_the_command_line(shared_cifar: str, tmp_path: Path) -> None:
-    """The study's AdaHessian (lr 0.15, betas (0.9, 0.999), Hessian power 1) for two epochs on 2,000 images."""
-    result = invoke("train", "--optimizer", "adahessian", "--epochs", "2", "--train-subset", "2000",
-                    "--test-subset", "1000", "--data", shared_cifar, "--out", str(tmp_path / "run"))
+    """The study's AdaHessian (lr 0.15, betas (0.9, 0.999), Hessian power 1) for two epochs on 1,000 images."""
+    result = invoke("train", "--optimizer", "adahessian", "--epochs", "2", "--train-subset", "1000", "--batch-size",
+                    "64", "--test-subset", "500", "--data", shared_cifar, "--out", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     record = runs.read_run_json(tmp_path / "run")
     assert record["config"]["lr"] == 0.15 and record["config"]["hessian_power"] == 1.0
-    # Chance is 0.10; with 1,000 balanced test images its standard deviation is under 0.01.
+    # Chance is 0.10; with 500 balanced test images its standard deviation is 0.013.
     assert record["final"]["test_accuracy"] > 0.15, record["final"]
 
 
