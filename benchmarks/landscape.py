@@ -18,6 +18,7 @@ shared with other work, wall time mostly measures the others; ``--threads 1`` th
 
     python benchmarks/landscape.py                       # 21 x 21 grid, 1,000 images of the real archive
     python benchmarks/landscape.py --grid 7 --threads 1  # the same per point, a ninth of the time
+    python benchmarks/landscape.py --no-peer             # minimascope alone: the 21 x 21 time goal
 
 loss-landscapes is a benchmark-only peer (``pip install loss-landscapes``: pure Python, numpy only); skipped if
 absent.
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--modes", default="eval,recompute", help="batch-norm modes to time, comma-separated")
+    parser.add_argument("--no-peer", action="store_true", help="time minimascope alone (the 21 x 21 time goal)")
     parser.add_argument("--two-pass", action="store_true",
                         help="also loss-landscapes recomputing batch-norm statistics in a pass of their own")
     args = parser.parse_args()
@@ -122,6 +124,7 @@ def main() -> None:
     print(f"torch {torch.__version__} | torchvision {torchvision.__version__} | python {platform.python_version()}")
     print(f"{weights}; {args.images} images of {source}; {args.grid} x {args.grid} grid", flush=True)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    with_peer = not args.no_peer and peer_available()
     peer_mode = {"eval": "eval", "recompute": "train"}
     rows: dict[str, tuple[float, float, str]] = {}
     for mode in modes:
@@ -129,16 +132,16 @@ def main() -> None:
                                                                  grid=args.grid, span=1.0, bn=bn, device=args.device))
         rows[f"minimascope bn={mode}"] = (wall, cpu, peer_mode[mode])
         print(f"minimascope bn={mode}: {wall:.1f} s wall, loss at the network {result.centre_loss():.4f}", flush=True)
-        if peer_available():
+        if with_peer:
             losses, wall, cpu = timed(lambda bn=mode: peer(model, images, labels, args.grid, peer_mode[bn]))
             rows[f"loss-landscapes {peer_mode[mode]}"] = (wall, cpu, peer_mode[mode])
             print(f"loss-landscapes model.{peer_mode[mode]}(): {wall:.1f} s wall, loss range "
                   f"{losses.min():.4f}-{losses.max():.4f}", flush=True)
-        if peer_available() and mode == "recompute" and args.two_pass:
+        if with_peer and mode == "recompute" and args.two_pass:
             losses, wall, cpu = timed(lambda: peer(model, images, labels, args.grid, "two-pass"))
             rows["loss-landscapes two-pass"] = (wall, cpu, "two-pass")
             print(f"loss-landscapes, statistics recomputed in a pass of their own: {wall:.1f} s wall", flush=True)
-    if not peer_available():
+    if not args.no_peer and not with_peer:
         print("loss-landscapes not importable: `pip install loss-landscapes` to compare")
     clock = 1 if args.device == "cpu" else 0
     points = args.grid**2

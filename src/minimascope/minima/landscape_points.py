@@ -13,16 +13,16 @@ Batch norm, stated in the result's ``bn``:
   network's own point is exactly that network).
 
 A point is loaded into one model in place (no copy of the network per point); the forward passes run without
-gradients, in channels-last layout, through :func:`minimascope.fast_layers.fast_forward`, which turns convolutions
-of maps smaller than their kernel (resnet18's last stages on 32×32 images) into the dense products they stand for.
-Layers applied to the images themselves (resnet18's first conv) are linear in their weights: their outputs along
-the origin and each axis are computed once, and a point combines them. The marked points (the network, the three
-networks of a plane) are evaluated exactly, not read off the grid.
+gradients, in channels-last layout. The conv and linear layers run on forms computed once
+(:mod:`minimascope.minima.inference`): in eval mode batch norm folded into the layer before it, convolutions of
+maps smaller than their kernel (resnet18's last stages on 32×32 images) as the dense products they stand for, and
+the outputs of the layers applied to the images themselves (resnet18's first conv, linear in its weights) kept for
+the origin and each axis; a point combines them, one pass per point along a row. The marked points (the network,
+the three networks of a plane) are evaluated exactly, not read off the grid.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from minimascope.errors import MinimascopeError
 from minimascope.fast_layers import fast_forward
 from minimascope.minima.directions import Direction, floating_entries
+from minimascope.minima.inference import Combination, LayerForms
 
 BN_MODES = ("recompute", "eval")
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -114,61 +115,20 @@ class PointEvaluator:
         with torch.no_grad():
             for key, value in origin.items():
                 targets[key].copy_(value)
-        # Kept in each entry's own dtype and layout: a point is then two or three passes over the weights.
-        self.moving = [(targets[key], torch.empty_like(targets[key]).copy_(value),
-                        [torch.empty_like(targets[key]).copy_(axis[key]) for axis in axes])
-                       for key, value in origin.items() if any(bool(axis[key].any()) for axis in axes)]
+        self.forms = LayerForms(self.model, origin, axes, self.train[0][:2], fold=bn == "eval")
+        # The rest (batch norm's entries where not folded, other layers) kept in each entry's own dtype and layout.
+        self.moving = [Combination(torch.empty_like(targets[key]).copy_(value),
+                                   [torch.empty_like(targets[key]).copy_(axis[key]) for axis in axes], targets[key])
+                       for key, value in origin.items()
+                       if key not in self.forms.replaced and any(bool(axis[key].any()) for axis in axes)]
         # The batches of every forward pass, cut once: (split, start) → (images, labels); all training images
-        # in one when recomputing. The input layers' replaced forward knows its batch by these very tensors.
+        # in one when recomputing. The layers on the images know a batch by these very tensors.
         self.batches: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
         for split, (images, labels) in (("train", self.train), *((("test", self.test),) if self.test else ())):
             size = len(labels) if split == "train" and self.norms else self.batch_size
             for start in range(0, len(labels), size):
                 self.batches[(split, start)] = images[start:start + size], labels[start:start + size]
-        self.coordinates: Sequence[float] = ()
-        self.batch: tuple[str, int] = ("train", 0)
-        self.layers_on_input = self._precompute_input_layers(axes)
-
-    def _precompute_input_layers(self, axes: Sequence[Direction]) -> list[nn.Module]:
-        """The conv and linear layers applied to the images themselves are linear in their weights: their output
-        at a point is out(origin) + Σ c_i · out(axis_i), computed once per batch here and combined per point
-        (resnet18's first conv). Their forward is replaced by that combination."""
-        fed: list[tuple[str, nn.Module]] = []
-        names = {module: name for name, module in self.model.named_modules()}
-        images = self.train[0][:2]
-
-        def spot(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            if inputs and inputs[0] is images:
-                fed.append((names[module], module))
-
-        handles = [m.register_forward_pre_hook(spot) for m in self.model.modules()
-                   if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
-        try:
-            with torch.no_grad():
-                self.model(images)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for name, module in fed:
-            keys = [f"{name}.{entry}" for entry, value in module.named_parameters(recurse=False)]
-            steps = [{key.rsplit(".", 1)[1]: axis[key].to(self.device, self.dtype) for key in keys} for axis in axes]
-            with torch.no_grad():
-                outputs = {key: [module(x)] + [torch.func.functional_call(module, step, (x,)) for step in steps]
-                           for key, (x, _) in self.batches.items()}
-            module.forward = functools.partial(self._combined, outputs, module.forward)
-        return [module for _, module in fed]
-
-    def _combined(self, outputs: dict[tuple[str, int], list[Tensor]], forward: Callable[[Tensor], Tensor],
-                  x: Tensor) -> Tensor:
-        """The precomputed output of an input layer at the loaded point; its own forward for any other input
-        (a layer applied twice)."""
-        if x is not self.batches[self.batch][0]:
-            return forward(x)
-        origin, first, *steps = outputs[self.batch]
-        result = torch.add(origin, first, alpha=self.coordinates[0])
-        for value, step in zip(self.coordinates[1:], steps):
-            result.add_(step, alpha=value)
-        return result
+                self.forms.precompute(self.batches[(split, start)][0])
 
     def _inputs(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         images = images.to(self.device, self.dtype)
@@ -177,16 +137,14 @@ class PointEvaluator:
         return images, labels.to(self.device)
 
     def load(self, coordinates: Sequence[float]) -> None:
-        self.coordinates = coordinates
+        self.forms.load(coordinates)
         with torch.no_grad():
-            for target, origin, axes in self.moving:
-                torch.add(origin, axes[0], alpha=coordinates[0], out=target)
-                for value, axis in zip(coordinates[1:], axes[1:]):
-                    target.add_(axis, alpha=value)
+            for entry in self.moving:
+                entry(coordinates)
 
     def __call__(self, coordinates: Sequence[float]) -> PointValues:
         self.load(coordinates)
-        with torch.no_grad(), fast_forward(double_backward=False):
+        with torch.no_grad(), fast_forward(double_backward=False):  # for layers without forms (called twice)
             if self.norms:
                 train_loss, train_accuracy = self._recompute_pass()
             else:
@@ -210,8 +168,7 @@ class PointEvaluator:
                 norm.reset_running_stats()
                 norm.momentum = None  # a cumulative average: of one batch, its statistics
                 norm.train()
-            self.batch = ("train", 0)
-            images, labels = self.batches[self.batch]
+            images, labels = self.batches[("train", 0)]
             result = _loss_and_correct(self.model(images), labels)
         finally:
             for handle in handles:
@@ -227,7 +184,6 @@ class PointEvaluator:
     def _eval_pass(self, split: str) -> tuple[float, float]:
         loss = correct = count = 0.0
         for key in (key for key in self.batches if key[0] == split):
-            self.batch = key
             images, labels = self.batches[key]
             batch_loss, batch_correct = _loss_and_correct(self.model(images), labels)
             loss, correct, count = loss + batch_loss, correct + batch_correct, count + len(labels)
