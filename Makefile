@@ -21,7 +21,7 @@ run: $(VENV)/installed
 
 test: $(VENV)/installed
 	$(BIN)/ruff check -q src tests benchmarks
-	MINIMASCOPE_TEST_DATA=$(DATA) MINIMASCOPE_ARTIFACTS=$(abspath test-artifacts) $(BIN)/python -m pytest -q
+	MINIMASCOPE_TEST_DATA=$(DATA) MINIMASCOPE_ARTIFACTS=$(abspath test-artifacts) $(BIN)/python -m pytest -q --durations=15
 
 bench: $(VENV)/installed
 	$(BIN)/python benchmarks/train_throughput.py $(if $(DATA),--data $(DATA))
