@@ -306,13 +306,14 @@ def read_landscape(path: str | Path) -> Landscape:
 # ----------------------------------------------------------------------------- runs, on disk
 
 
-def _data_of(payload: dict[str, Any], data_source: str | None) -> tuple[Any, str]:
-    """(the data set ``payload``'s network was trained on, CIFAR-10 where it names none, from ``data_source``;
-    the key of that source's content)."""
-    from minimascope import data, models
+def _data_of(payloads: dict[str, dict[str, Any]], data_source: str | None) -> tuple[Any, str]:
+    """(the data set the networks of ``payloads`` (label → payload) were trained on, one for all of them
+    (:func:`~minimascope.minima.common.load_trained_data`), from ``data_source``; the key of its content)."""
+    from minimascope import data
+    from minimascope.minima.common import load_trained_data
 
-    name = models.payload_dataset(payload)
-    return data.load(name, data_source), data.content_key(data_source, name)
+    loaded = load_trained_data(payloads, data_source)
+    return loaded, data.content_key(data_source, loaded.dataset)
 
 
 def _inputs(payload: dict[str, Any], loaded: Any, images: int, seed: int, test: bool
@@ -349,10 +350,9 @@ def landscape_of_run(run_dir: str | Path, out_dir: str | Path, *, grid: int = 21
                      device: str = "auto", progress: Progress | None = None, study_node: bool = False) -> Landscape:
     """The surface of a run's final network (run directory or weights file) on a class-balanced subset of
     ``images`` training images of the data set it was trained on, drawn with ``seed`` (and as many test images
-    with ``test``),
-    normalised as the run was trained: along random directions from ``seed``, or with ``trajectory`` on the
-    plane of its saved weights (a run directory trained with ``snapshot_every``). Written to ``out_dir``, which is
-    checked before anything is computed (:func:`~minimascope.minima.common.check_analysis_folder`;
+    with ``test``), normalised as the run was trained: along random directions from ``seed``, or with
+    ``trajectory`` on the plane of its saved weights (a run directory trained with ``snapshot_every``). Written to
+    ``out_dir``, checked before anything is computed (:func:`~minimascope.minima.common.check_analysis_folder`;
     ``study_node``: the study's own folder)."""
     from minimascope import models
     from minimascope.env import resolve_device
@@ -367,7 +367,7 @@ def landscape_of_run(run_dir: str | Path, out_dir: str | Path, *, grid: int = 21
     states, epochs, saved = _saved_weights(run_dir, payload) if trajectory else ([], [], [])
     identity = [weights_identity(run_dir), *(models.file_sha256(path) for path in saved)]
     check_analysis_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node)
-    images_of, data_key = _data_of(payload, data_source)
+    images_of, data_key = _data_of({_run_label(run_dir): payload}, data_source)
     train, test_set = _inputs(payload, images_of, images, seed, test)
     common = {"grid": grid, "bn": bn, "batch_size": batch_size, "device": torch_device, "progress": progress}
     if trajectory:
@@ -439,14 +439,11 @@ def plane_of_runs(run_a: str | Path, run_b: str | Path, run_c: str | Path, out_d
     if any(p["normalization"] != payloads[0]["normalization"] for p in payloads):
         raise MinimascopeError("the three runs were trained on differently normalised inputs: a plane through "
                                "them means nothing")
-    trained_on = [models.payload_dataset(p) for p in payloads]
-    if len(set(trained_on)) > 1:
-        raise MinimascopeError(f"the three runs were trained on different data sets: {trained_on}")
-    images_of, data_key = _data_of(payloads[0], data_source)
-    train, test_set = _inputs(payloads[0], images_of, images, seed, test)
     labels = [_run_label(run) for run in (run_a, run_b, run_c)]
     if len(set(labels)) < 3:
         labels = [f"{name}: {label}" for name, label in zip("ABC", labels)]
+    images_of, data_key = _data_of(dict(zip(labels, payloads)), data_source)
+    train, test_set = _inputs(payloads[0], images_of, images, seed, test)
     result = plane_surface([m for m, _ in loaded], labels, train, test_set, grid=grid, margin=margin, bn=bn,
                            batch_size=batch_size, device=torch_device, progress=progress)
     result = _source(replace(result, seed=seed), [run_a, run_b, run_c], images_of, data_key, seed, batch_size, grid)
