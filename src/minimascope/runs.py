@@ -114,7 +114,7 @@ def snapshot_paths(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 def read_predictions(run_dir: str | Path) -> dict[str, Any]:
     """``predictions.pt`` of a completed run: ``predicted`` and ``labels`` (int64, one per test
-    image the run evaluated) and ``test_index`` (those images' indices in the CIFAR-10 test set)."""
+    image the run evaluated) and ``test_index`` (those images' indices in the data set's test split)."""
     from minimascope.io import load_torch_file
 
     path = Path(run_dir) / PREDICTIONS

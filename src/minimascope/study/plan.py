@@ -33,7 +33,7 @@ def study_nodes(spec: StudySpec, data: str, weights: str | None, weights_missing
     pair and then-arm's three runs (:func:`_then_triples`), comparisons across seeds, the analyses of each
     compared pair of arms over all seeds), keyed, in dependency order.
 
-    ``data`` is the resolved CIFAR-10 source; ``weights`` the ImageNet weights file, or None with
+    ``data`` is the resolved source of the data set; ``weights`` the ImageNet weights file, or None with
     ``weights_missing`` saying why, which skips the pretrained arms and whatever depends on them.
     """
     arms = list(spec.arms)
