@@ -13,7 +13,7 @@ import yaml
 from helpers import assert_one_line_error, invoke
 from minimascope import datasets
 from minimascope.errors import MinimascopeError
-from minimascope.report import figures, write_report
+from minimascope.report import figures, filter_figures, write_report
 from minimascope.study import run_study
 from minimascope.tune import load_tune, tune_dataset
 from test_datasets import write_tree
@@ -129,7 +129,8 @@ def test_grayscale_stem_kernels_are_drawn_as_gray_patches(tmp_path: Path) -> Non
 
     rng = np.random.default_rng(0)
     kernels = {"sgd": rng.normal(size=(8, 1, 3, 3)), "adam": rng.normal(size=(8, 1, 3, 3))}
-    figures.filters_figure(kernels, tmp_path / "gray.png", scale=figures.common_scale(list(kernels.values())))
+    scale = filter_figures.common_scale(list(kernels.values()))
+    filter_figures.filters_figure(kernels, tmp_path / "gray.png", scale=scale)
     pixels = np.asarray(Image.open(tmp_path / "gray.png").convert("RGB")).astype(int)
     assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()  # no colour
     assert len(np.unique(pixels[..., 0])) > 8  # the kernels' shades, not a blank panel

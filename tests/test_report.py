@@ -22,7 +22,7 @@ from minimascope import models
 from minimascope.errors import MinimascopeError
 from minimascope.io import atomic_write_json
 from minimascope.optimizer_effect import SEEDS_CSV, read_seed_statistics
-from minimascope.report import claims, figures, write_report
+from minimascope.report import claims, figures, filter_figures, write_report
 from minimascope.report.page import SECTIONS
 from minimascope.report.sections.claims import absent_claims, claim_rows
 from minimascope.report.sections.table import pooled_mean_std
@@ -199,12 +199,12 @@ def test_seed_band_skips_seeds_without_a_value() -> None:
 
 def test_kernel_mosaics_place_each_kernel() -> None:
     weight = np.arange(2 * 3 * 2 * 2, dtype=float).reshape(2, 3, 2, 2)  # (out, in, kh, kw)
-    mosaic = figures.kernel_mosaic(weight, max_out=2, max_in=2)
+    mosaic = filter_figures.kernel_mosaic(weight, max_out=2, max_in=2)
     assert mosaic.shape == (2 * 3 - 1, 2 * 3 - 1)
     assert mosaic[3:5, 3:5].tolist() == weight[1, 1].tolist() and np.isnan(mosaic[2]).all()
     rgb = np.zeros((5, 3, 1, 1))
     rgb[1, 0], rgb[2, 2], rgb[3, 1] = 0.2, -0.2, 1.0  # red +scale, blue −scale, green beyond the scale
-    patches = figures.colour_mosaic(rgb, scale=0.2)  # 5 kernels in 3 columns, 2 rows
+    patches = filter_figures.colour_mosaic(rgb, scale=0.2)  # 5 kernels in 3 columns, 2 rows
     assert patches.shape == (2 * 2 - 1, 3 * 2 - 1, 3)
     assert patches[0, 0].tolist() == [0.5, 0.5, 0.5] and patches[0, 2].tolist() == [1.0, 0.5, 0.5]
     assert patches[0, 4].tolist() == [0.5, 0.5, 0.0] and patches[2, 0].tolist() == [0.5, 1.0, 0.5]
@@ -213,8 +213,8 @@ def test_kernel_mosaics_place_each_kernel() -> None:
 
 def test_common_scale_and_log_axis_choice() -> None:
     weights = [np.linspace(-1, 1, 101), np.linspace(-3, 3, 101)]
-    assert figures.common_scale(weights, quantile=1.0) == 3.0
-    assert figures.common_scale([np.zeros(4)]) == 1.0
+    assert filter_figures.common_scale(weights, quantile=1.0) == 3.0
+    assert filter_figures.common_scale([np.zeros(4)]) == 1.0
     assert figures.spans_decades(np.array([0.05, 2.3, np.nan])) and not figures.spans_decades(np.array([0.5, 2.3]))
 
 
@@ -247,7 +247,7 @@ def test_figure_text_stays_inside_the_figure(tmp_path: Path, monkeypatch: pytest
     drawn = []
     monkeypatch.setattr(figures, "save", lambda figure, path: drawn.append(figure) or path)
     kernels = {f"arm-{i}": np.random.default_rng(i).normal(0, 0.03, (64, 64, 3, 3)) for i in range(8)}
-    figures.filters_figure(kernels, tmp_path / "f.png", scale=0.0866)
+    filter_figures.filters_figure(kernels, tmp_path / "f.png", scale=0.0866)
     curves = [figures.Curve(f"adahessian-scaled-normalize-{i}", "#336699", np.arange(1.0, 3.0),
                             np.array([[2.0, 1.0 + i], [2.2, 0.9 + i]])) for i in range(6)]
     figures.curves_figure([("train loss", curves), ("test accuracy", curves)], tmp_path / "c.svg", columns=2)

@@ -11,7 +11,7 @@ import numpy as np
 from minimascope.errors import MinimascopeError
 from minimascope.layers import stem_conv
 from minimascope.models import build_model, payload_channels, read_weights
-from minimascope.report import figures
+from minimascope.report import filter_figures
 from minimascope.report.text import why_unavailable
 
 if TYPE_CHECKING:
@@ -72,10 +72,11 @@ def build(ctx: Context) -> dict[str, Any]:
         channels = {w.shape[1] for w in kernels.values()}
         patches = channels in ({1}, {3})  # the image's own channels: colour or gray patches
         out, inp, kh, kw = next(iter(kernels.values())).shape
-        scale = figures.common_scale([w if patches else w[:MAX_CHANNELS, :MAX_CHANNELS] for w in kernels.values()])
+        shown_kernels = [w if patches else w[:MAX_CHANNELS, :MAX_CHANNELS] for w in kernels.values()]
+        scale = filter_figures.common_scale(shown_kernels)
         layer_names = [layer] if layer != STEM else list(dict.fromkeys(names[arm] for arm in kernels))
         src = ctx.figure(ctx.name("filters", layer_names, ".png"),
-                         lambda path, kernels=kernels, scale=scale: figures.filters_figure(
+                         lambda path, kernels=kernels, scale=scale: filter_figures.filters_figure(
                              kernels, path, scale=scale, max_out=MAX_CHANNELS, max_in=MAX_CHANNELS))
         shown.append({"layer": " / ".join(layer_names), "stem": layer == STEM, "src": src, "rgb": channels == {3},
                       "gray": channels == {1}, "out": out, "in": inp, "kh": kh, "kw": kw,
