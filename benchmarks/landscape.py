@@ -40,7 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from minimascope.env import cpu_name  # noqa: E402
-from minimascope.minima.landscape import random_surface  # noqa: E402
+from minimascope.minima.surfaces import random_surface  # noqa: E402
 from minimascope.models import build_model, load_trained  # noqa: E402
 from sharpness import DEFAULT_DATA, load_images, timed  # noqa: E402  (the sharpness benchmark's, beside this one)
 

@@ -21,7 +21,7 @@ from helpers import assert_one_line_error, invoke
 from minimascope import data, models
 from minimascope.errors import MinimascopeError
 from minimascope.io import atomic_torch_save, atomic_write_json
-from minimascope.minima import landscape
+from minimascope.minima import landscape, surfaces
 from minimascope.minima.directions import parameter_names, random_directions
 from minimascope.minima.landscape import read_landscape
 from minimascope.runs import FINAL_WEIGHTS, INITIAL_WEIGHTS, RUN_FORMAT, RUN_JSON, snapshot_path
@@ -54,7 +54,7 @@ def own_loss(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, bn: str
 @pytest.mark.parametrize("bn", ["eval", "recompute"])
 def test_the_centre_of_a_surface_is_the_network_itself(bn: str) -> None:
     net, (images, labels) = conv_net(0), images_and_labels()
-    result = landscape.random_surface(copy.deepcopy(net), (images, labels), grid=5, span=0.5, bn=bn)
+    result = surfaces.random_surface(copy.deepcopy(net), (images, labels), grid=5, span=0.5, bn=bn)
     expected = own_loss(net, images, labels, bn)
     assert result.points[0].values.train_loss == pytest.approx(expected, abs=1e-6)
     assert result.train_loss[2][2] == pytest.approx(expected, abs=1e-6)
@@ -66,7 +66,7 @@ def test_test_images_see_the_statistics_of_the_training_images() -> None:
     """bn=recompute: the test pass (eval mode) normalises exactly as the training pass did, so the same images
     as test images give the same loss."""
     net, train = conv_net(0), images_and_labels()
-    result = landscape.random_surface(net, train, train, grid=3, dims=1, bn="recompute")
+    result = surfaces.random_surface(net, train, train, grid=3, dims=1, bn="recompute")
     assert result.values["test_loss"][0] == pytest.approx(result.values["train_loss"][0], abs=1e-12)
 
 
@@ -87,7 +87,7 @@ def test_directions_are_filter_normalised_and_leave_biases_and_batch_norm_out() 
 @pytest.mark.parametrize("bn", ["eval", "recompute"])
 def test_the_three_networks_of_a_plane_keep_their_losses(bn: str) -> None:
     nets, (images, labels) = [conv_net(seed) for seed in (0, 1, 2)], images_and_labels()
-    result = landscape.plane_surface([copy.deepcopy(n) for n in nets], ["A", "B", "C"], (images, labels), grid=3,
+    result = surfaces.plane_surface([copy.deepcopy(n) for n in nets], ["A", "B", "C"], (images, labels), grid=3,
                                      bn=bn)
     for point, net in zip(result.points, nets):
         assert point.values.train_loss == pytest.approx(own_loss(net, images, labels, bn), abs=1e-6)
@@ -107,8 +107,8 @@ def test_rescaling_a_filter_that_feeds_batch_norm_leaves_the_surface_unchanged()
         scaled[1].running_mean[1] *= 7.0
         scaled[1].running_var[1] *= 49.0
     for bn in ("recompute", "eval"):
-        plain = landscape.random_surface(copy.deepcopy(net), train, grid=5, span=0.8, bn=bn, seed=3)
-        rescaled = landscape.random_surface(copy.deepcopy(scaled), train, grid=5, span=0.8, bn=bn, seed=3)
+        plain = surfaces.random_surface(copy.deepcopy(net), train, grid=5, span=0.8, bn=bn, seed=3)
+        rescaled = surfaces.random_surface(copy.deepcopy(scaled), train, grid=5, span=0.8, bn=bn, seed=3)
         # only batch norm's eps (1e-5 beside variances of order 1) tells the two apart
         for rescaled_row, plain_row in zip(rescaled.train_loss, plain.train_loss):
             assert rescaled_row == pytest.approx(plain_row, rel=1e-4)
@@ -133,7 +133,7 @@ class Quadratic(nn.Module):
 def test_a_quadratic_gives_its_analytic_surface() -> None:
     model, images, labels = Quadratic(), torch.zeros(4, 5, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
     d1, d2 = random_directions(model.state_dict(), parameter_names(model), 11, 2)
-    result = landscape.random_surface(Quadratic(), (images, labels), grid=7, span=1.5, seed=11)
+    result = surfaces.random_surface(Quadratic(), (images, labels), grid=7, span=1.5, seed=11)
     weight, bias, a = model.weight.detach(), model.bias.detach(), model.curvature
     for j, y in enumerate(result.y):
         for i, x in enumerate(result.x):
@@ -144,7 +144,7 @@ def test_a_quadratic_gives_its_analytic_surface() -> None:
 
 
 def test_the_result_file_round_trips_and_a_damaged_one_is_named(tmp_path: Path) -> None:
-    result = landscape.random_surface(conv_net(0), images_and_labels(), images_and_labels(), grid=3, bn="eval")
+    result = surfaces.random_surface(conv_net(0), images_and_labels(), images_and_labels(), grid=3, bn="eval")
     result = dataclasses.replace(result, values={**result.values,
                                                  "train_loss": [[math.inf, *result.train_loss[0][1:]],
                                                                 *result.train_loss[1:]]})
@@ -254,9 +254,9 @@ def test_the_report_section_shows_surfaces_and_planes(tmp_path: Path, monkeypatc
 
     train, nets = images_and_labels(), [conv_net(seed) for seed in (0, 1, 2)]
     nodes = [Analysis("landscape", (arm,), seed, "completed", None, tmp_path,
-                      landscape.random_surface(copy.deepcopy(nets[seed]), train, grid=3, seed=seed, label=arm))
+                      surfaces.random_surface(copy.deepcopy(nets[seed]), train, grid=3, seed=seed, label=arm))
              for arm in ("sgd", "adahessian") for seed in (0, 1)]
-    plane = landscape.plane_surface(nets, ["adahessian", "adahessian-then-sgd", "sgd"], train, grid=3)
+    plane = surfaces.plane_surface(nets, ["adahessian", "adahessian-then-sgd", "sgd"], train, grid=3)
     nodes.append(Analysis("landscape", ("adahessian", "adahessian-then-sgd", "sgd"), 0, "completed", None, tmp_path,
                           plane))
     study = Study(tmp_path, {}, {}, [], [], analyses={"landscape": nodes})
