@@ -169,7 +169,7 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
     from minimascope import bootstrap as uncertainty
     from minimascope import data, models, similarity
     from minimascope.env import resolve_device
-    from minimascope.minima.common import load_trained_data, trained_dataset
+    from minimascope.minima.common import load_trained_data, pair_labels, trained_dataset
 
     if bootstrap and (bootstrap < 2 or not set(measures) & set(uncertainty.BOOTSTRAP_MEASURES)):
         raise MinimascopeError(f"bootstrap: {bootstrap} must be 0 (off) or at least 2 resamples with "
@@ -183,9 +183,7 @@ def compare_networks(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
     out_dir = Path(out_dir)
     path_a, path_b = Path(run_a).resolve(), Path(run_b).resolve()
     same_run = path_a == path_b
-    label_a, label_b = path_a.name, path_b.name
-    if not same_run and label_a == label_b:
-        label_a, label_b = f"A {label_a}", f"B {label_b}"
+    label_a, label_b = (path_a.name, path_b.name) if same_run else pair_labels(path_a, path_b)
     model_a, payload_a = models.load_trained(path_a)
     model_b, payload_b = (model_a, payload_a) if same_run else models.load_trained(path_b)
     trained_on = {label_a: payload_a, label_b: payload_b}

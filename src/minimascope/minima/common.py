@@ -97,6 +97,11 @@ def balanced_inputs(payload: dict[str, Any], images: Tensor, labels: Tensor, siz
     return normalization(images), labels
 
 
+def pair_labels(path_a: Path, path_b: Path) -> tuple[str, str]:
+    """How two networks are named in a result: their folder or file names, "A …" and "B …" where those are one."""
+    return (path_a.name, path_b.name) if path_a.name != path_b.name else (f"A {path_a.name}", f"B {path_b.name}")
+
+
 def _trained_on(record: Mapping[str, Any]) -> tuple[str, tuple[str, ...], int, tuple[int, ...]]:
     """(data set, classes, channels, image size) a weights payload or run.json says its network was trained on;
     a record that says nothing is CIFAR-10's, as every record was before other data sets."""

@@ -301,6 +301,7 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
         balanced_inputs,
         check_analysis_folder,
         load_trained_data,
+        pair_labels,
         result_folder,
         trained_dataset,
         weights_identity,
@@ -313,7 +314,7 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
     model_b, payload_b = models.load_trained(path_b)
     identity = [weights_identity(path_a), weights_identity(path_b)]
     check_analysis_folder(out_dir, CONNECTIVITY_FILES, identity, study_node=study_node)
-    labels = (path_a.name, path_b.name) if path_a.name != path_b.name else (f"A {path_a.name}", f"B {path_b.name}")
+    labels = pair_labels(path_a, path_b)
     trained_on = dict(zip(labels, (payload_a, payload_b)))
     trained_dataset(trained_on)  # two data sets first: their networks' architectures differ as a consequence
     if (payload_a["arch"], payload_a["num_classes"]) != (payload_b["arch"], payload_b["num_classes"]):

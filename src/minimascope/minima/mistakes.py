@@ -383,7 +383,13 @@ def mistakes_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
     runs must have been trained on one data set and have predicted the same test images.
     ``out_dir`` is checked by :func:`~minimascope.minima.common.check_analysis_folder` (``study_node``: the
     study's own folder)."""
-    from minimascope.minima.common import check_analysis_folder, load_trained_data, result_folder, trained_dataset
+    from minimascope.minima.common import (
+        check_analysis_folder,
+        load_trained_data,
+        pair_labels,
+        result_folder,
+        trained_dataset,
+    )
     from minimascope.models import file_sha256
     from minimascope.runs import PREDICTIONS, read_predictions, read_run_json
 
@@ -392,8 +398,7 @@ def mistakes_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
     for path in (path_a, path_b):
         if not path.is_dir():
             raise MinimascopeError(f"not a run directory: {path} (mistakes are read from a run's predictions.pt)")
-    label_a, label_b = (path_a.name, path_b.name) if path_a.name != path_b.name else (f"A {path_a.name}",
-                                                                                      f"B {path_b.name}")
+    label_a, label_b = pair_labels(path_a, path_b)
     # run.json says what data set a run was trained on, as its final.pt does
     trained_on = {label_a: read_run_json(path_a), label_b: read_run_json(path_b)}
     trained_dataset(trained_on)  # before the predictions of two data sets are compared
