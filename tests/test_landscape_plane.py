@@ -14,10 +14,13 @@ import torch.nn.functional as F
 import yaml
 
 from helpers import invoke
-from minimascope import data, models
+from minimascope import models
+from minimascope.config import TrainConfig
 from minimascope.errors import MinimascopeError
 from minimascope.minima.common import balanced_inputs
 from minimascope.minima.landscape import read_landscape
+from minimascope.runs import read_run_json
+from minimascope.splits import make_splits
 from minimascope.study.plan import study_nodes
 from minimascope.study.spec import load_spec
 
@@ -68,12 +71,12 @@ def test_each_then_arm_gets_the_plane_through_its_start_itself_and_its_optimizer
     assert node.key == again.key != other.key
     assert node.key != nodes["landscape-plane:adahessian:adahessian-then-sgd:sgd:seed0"].key
     # ``arms`` picks the then-arms drawn
-    chosen = planes(tmp_path, {"arms": ["sgd-then-adahessian", "sgd"]})
+    chosen = planes(tmp_path, {"arms": ["sgd-then-adahessian", "sgd"], "images": 50})
     assert sorted(chosen) == [f"landscape-plane:sgd:sgd-then-adahessian:adahessian:seed{s}" for s in (0, 1)]
 
 
 def test_a_study_without_the_row_plans_no_plane_and_bad_options_are_one_line(tmp_path: Path) -> None:
-    spec = load_spec(study_file(tmp_path / "none.yaml", ARMS, {"landscape": {"grid": 3}}))
+    spec = load_spec(study_file(tmp_path / "none.yaml", ARMS, {"landscape": {"grid": 3, "images": 50}}))
     assert not [n for n in study_nodes(spec, "torchvision", None, None) if n.kind == "landscape-plane"]
     for options, message in (({"margin": -1}, "landscape-plane: margin must be a number >= 0 and <= 10, got -1"),
                              ({"span": 1.0}, "landscape-plane: unknown key 'span'"),
@@ -86,8 +89,9 @@ def own_loss(run: Path, source: str, images: int, seed: int) -> float:
     """A run's loss on the surface's images computed plainly: one train-mode pass (batch norm normalising by
     the statistics of those very images), as ``bn recompute`` evaluates a point."""
     model, payload = models.load_trained(run)
-    loaded = data.load(models.payload_dataset(payload), source)
-    inputs, labels = balanced_inputs(payload, loaded.train_images, loaded.train_labels, images, seed)
+    config = TrainConfig.from_mapping({**read_run_json(run)["config"], "data": source})
+    trained_on = make_splits(config, torch.device("cpu")).train  # the images the run was trained on, as it cut them
+    inputs, labels = balanced_inputs(payload, *trained_on, images, seed)
     with torch.no_grad():
         return F.cross_entropy(copy.deepcopy(model).train()(inputs), labels).item()
 

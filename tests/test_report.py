@@ -644,7 +644,8 @@ def without_machine(tables: list[dict]) -> list[dict]:
     def row(cells: list[str]) -> list[str]:
         if cells and cells[0] in MACHINE_ROWS:
             return cells[:1] + ["#"] * (len(cells) - 1)
-        return [NUMBER.sub("#", c) for c in cells]
+        # a number in the report shows 4 significant digits: whether a point shows (1234 or 123.4) is the value's
+        return [re.sub(r"#(\.#)+", "#", NUMBER.sub("#", c)) for c in cells]
 
     return [{**t, "rows": [row(r) for r in t["rows"]]} for t in without_times(tables)]
 

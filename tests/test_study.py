@@ -390,15 +390,16 @@ def keyed_study(tmp_path: Path, seeds: tuple[int, ...]) -> dict[str, Node]:
 
 def test_node_keys_stay_what_earlier_versions_computed(tmp_path: Path) -> None:
     """A study run by an earlier minimascope resumes without recomputing: its keys are pinned. They changed
-    once on purpose, when `data_seed` joined the options (a seed no longer draws the training subset, so a
-    run of seed 1 trains on other images than before)."""
+    on purpose when `data_seed` joined the options (a seed no longer draws the training subset, so a run of
+    seed 1 trains on other images than before), and the keys of sharpness and connectivity when their training
+    images became those the runs were trained on (version 2 of their rows)."""
     nodes = keyed_study(tmp_path, (0, 1))
     assert {i: nodes[i].key for i in ("run:sgd:seed0", "run:then:seed1", "compare:sgd:adahessian:seed0",
                                       "compare:sgd:sgd:seed0-seed1", "sharpness:sgd:seed0",
                                       "connectivity:sgd:adahessian:seed0")} == {
         "run:sgd:seed0": "141804c9da5fd6fb", "run:then:seed1": "f0a7280fcccd949c",
         "compare:sgd:adahessian:seed0": "e822456814815791", "compare:sgd:sgd:seed0-seed1": "d2510cf9e3a425fb",
-        "sharpness:sgd:seed0": "2b4e98b22a43b7e7", "connectivity:sgd:adahessian:seed0": "0f84df9607890b8c"}
+        "sharpness:sgd:seed0": "e7fc00feaa6ad5be", "connectivity:sgd:adahessian:seed0": "e2ae64689b20ddc0"}
     assert "connectivity:sgd:scaled:seed0" not in nodes and "mistakes:sgd:scaled:seed0" in nodes  # same_inputs
 
 

@@ -96,8 +96,8 @@ def _seed_option(what: str) -> Option:
 
 
 # The surfaces' options that a surface around one network and the plane through three share.
-_SURFACE_IMAGES = Option("images", int, 1000, "class-balanced subset of N TRAINING images (and N test images with "
-                         "test)", low=2, high=CIFAR_TRAIN_IMAGES)
+_SURFACE_IMAGES = Option("images", int, 1000, "class-balanced subset of N of the TRAINING images the runs were "
+                         "trained on (and N test images with test)", low=2, high=CIFAR_TRAIN_IMAGES)
 _SURFACE_TEST = Option("test", bool, False, "also the loss and accuracy on test images")
 
 
@@ -118,6 +118,11 @@ class AnalysisInfo:
     same_inputs: bool = False  # planned only for networks that see identically normalised inputs
     aliases: tuple[str, ...] = ()  # other CLI names of its command
     ordered: tuple[tuple[str, str], ...] = ()  # (a, b): option a may not exceed option b
+    # Its ``images`` are drawn among the training images its runs were trained on: a study checks there are as many.
+    training_images: bool = False
+    # Raised when the same options on the same runs give another result (2: training images drawn among those the
+    # runs trained on); from 2 on it enters the study's node keys, so that a study computes the result again.
+    version: int = 1
 
     def check_options(self, values: Mapping[str, Any], where: str, flags: bool = False) -> dict[str, Any]:
         """``values`` (a subset of the options) checked and converted; unknown names and ranges are one
@@ -160,8 +165,8 @@ class AnalysisInfo:
 ANALYSES: dict[str, AnalysisInfo] = {row.name: row for row in (
     AnalysisInfo("sharpness", PER_RUN, "minimascope.minima.sharpness", "sharpness_of_run", "read_sharpness",
                  "sharpness.json", _options(
-                     Option("images", int, 1000, "class-balanced subset of N TRAINING images (the loss that was "
-                            "minimised)", low=1, high=CIFAR_TRAIN_IMAGES),
+                     Option("images", int, 1000, "class-balanced subset of N of the TRAINING images the run was "
+                            "trained on (the loss that was minimised)", low=1, high=CIFAR_TRAIN_IMAGES),
                      Option("k", int, 3, "top eigenvalues computed", low=1, high=100),
                      Option("tol", float, 1e-3, "relative residual at which an eigenvalue counts as converged",
                             above=0, high=1),
@@ -176,18 +181,20 @@ ANALYSES: dict[str, AnalysisInfo] = {row.name: row for row in (
                      Option("adaptive", bool, True, "also λ1 and trace of D·H·D, D = |w| (unchanged by a "
                             "batch-norm rescaling)")),
                  takes=("data_source", "device"), section="sharpness", ordered=(("k", "max_iter"),),
+                 training_images=True, version=2,
                  summary="top Hessian eigenvalues, trace and eigenvalue density of a run's training loss, their "
                          "|w|-scaled (rescaling-invariant) λ1 and trace, and the loss at the weights"),
     AnalysisInfo("connectivity", PER_PAIR, "minimascope.minima.connectivity", "connectivity_of_runs",
                  "read_connectivity", "connectivity.json", _options(
                      Option("points", int, 11, "evenly spaced points on the path from A to B, ends included",
                             low=2, high=1001),
-                     Option("images", int, 1000, "class-balanced subsets of N train and N test images", low=2,
-                            high=CIFAR_TEST_IMAGES),
+                     Option("images", int, 1000, "class-balanced subsets of N train (at most those the runs "
+                            "trained on) and N test images", low=2, high=CIFAR_TEST_IMAGES),
                      Option("align", bool, True, "also walk to B with its channels permuted onto A's "
                             "(weight matching)"),
                      _seed_option("seed of the image subsets and of weight matching's order")),
                  takes=("data_source", "device"), section="connectivity", same_inputs=True, aliases=("connect",),
+                 version=2,
                  summary="loss and error along the straight line between two runs' weights, and its barrier"),
     AnalysisInfo("weights", PER_RUN, "minimascope.minima.weights", "weights_of_run", "read_weight_statistics",
                  "weights.json", _options(
@@ -211,7 +218,7 @@ ANALYSES: dict[str, AnalysisInfo] = {row.name: row for row in (
                      _seed_option("seed of the random directions and of the image subset"),
                      Option("dims", int, 2, "1: a line along one random direction; 2: a plane", low=1, high=2),
                      _SURFACE_TEST),
-                 takes=("data_source", "device"), section="landscape",
+                 takes=("data_source", "device"), section="landscape", training_images=True, version=2,
                  summary="loss and accuracy on a line or plane of weights around a run, along filter-normalised "
                          "random directions (batch-norm statistics recomputed at every point)"),
     AnalysisInfo("landscape-plane", PER_TRIPLE, "minimascope.minima.landscape", "plane_of_runs", "read_landscape",
@@ -222,7 +229,8 @@ ANALYSES: dict[str, AnalysisInfo] = {row.name: row for row in (
                      _SURFACE_IMAGES,
                      _seed_option("seed of the image subset"),
                      _SURFACE_TEST),
-                 takes=("data_source", "device"), section="landscape", same_inputs=True,
+                 takes=("data_source", "device"), section="landscape", same_inputs=True, training_images=True,
+                 version=2,
                  summary="loss and accuracy on the plane through three runs' networks of one seed (a then-arm, the "
                          "arm it started from and the plain arm of its optimizer), each network marked"),
     AnalysisInfo("seeds", PER_ARM_PAIR, "minimascope.optimizer_effect", "seed_statistics_of_pair",

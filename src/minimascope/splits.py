@@ -25,19 +25,25 @@ class Splits:
     flip: bool  # whether augmentation flips (not for digits)
 
 
-def make_splits(config: TrainConfig, device: torch.device, *, progress: data.Progress | None = None) -> Splits:
-    loaded = data.load(config.dataset, config.data, progress=progress)
-    train_index = torch.arange(len(loaded.train_labels))
+def training_index(config: TrainConfig, train_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Which images of the data set's training split (``train_labels``) a run of ``config`` trains on, and which
+    it holds out for validation (None without): also how an analysis finds the images a network was trained on."""
+    train_index = torch.arange(len(train_labels))
     if config.train_subset is not None:
-        train_index = data.balanced_subset(loaded.train_labels, config.train_subset, config.data_seed)
-    val_index = None
-    labels = loaded.train_labels[train_index]
+        train_index = data.balanced_subset(train_labels, config.train_subset, config.data_seed)
+    labels = train_labels[train_index]
     if config.folds is not None:
         kept, held = data.kfold_split(labels, config.folds, config.fold, config.data_seed)
-        train_index, val_index = train_index[kept], train_index[held]
-    elif config.val_size:
+        return train_index[kept], train_index[held]
+    if config.val_size:
         kept, held = data.stratified_split(labels, config.val_size, config.data_seed)
-        train_index, val_index = train_index[kept], train_index[held]
+        return train_index[kept], train_index[held]
+    return train_index, None
+
+
+def make_splits(config: TrainConfig, device: torch.device, *, progress: data.Progress | None = None) -> Splits:
+    loaded = data.load(config.dataset, config.data, progress=progress)
+    train_index, val_index = training_index(config, loaded.train_labels)
     test_index = torch.arange(len(loaded.test_labels))
     if config.test_subset is not None:
         test_index = data.balanced_subset(loaded.test_labels, config.test_subset, data.TEST_SUBSET_SEED)

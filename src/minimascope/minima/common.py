@@ -82,14 +82,18 @@ def result_folder(out_dir: str | Path, files: Sequence[str], inputs: Sequence[st
         yield check_analysis_folder(out_dir, files, inputs, study_node=study_node)
 
 
-def balanced_inputs(payload: dict[str, Any], images: Tensor, labels: Tensor, size: int,
-                    seed: int) -> tuple[Tensor, Tensor]:
+def balanced_inputs(payload: dict[str, Any], images: Tensor, labels: Tensor, size: int, seed: int,
+                    among: tuple[Tensor | None, str] = (None, "")) -> tuple[Tensor, Tensor]:
     """A class-balanced subset of ``size`` uint8 images (all when ``size`` is their number), normalised
-    the way the network of ``payload`` (a weights payload) was trained, with its labels."""
+    the way the network of ``payload`` (a weights payload) was trained, with its labels; drawn ``among`` the
+    images of an index (None: all) that the text names (:func:`trained_images`)."""
     from minimascope import data
 
+    index, what = among
+    if index is not None:
+        images, labels = images[index], labels[index]
     if not 1 <= size <= len(labels):
-        raise MinimascopeError(f"--images must be in 1..{len(labels)}, got {size}")
+        raise MinimascopeError(f"--images must be in 1..{len(labels)}{f' ({what})' if what else ''}, got {size}")
     if size < len(labels):
         index = data.balanced_subset(labels, size, seed=seed)
         images, labels = images[index], labels[index]
@@ -153,3 +157,42 @@ def load_trained_data(records: Mapping[str, Mapping[str, Any]], source: str | No
         raise MinimascopeError(f"the {datasets.get(name).title} source given holds {_described(found)}, the "
                                f"networks were trained on {_described(expected)}; pass their source with --data")
     return loaded
+
+
+def trained_images(runs: Mapping[str, str | Path], train_labels: Tensor) -> tuple[Tensor | None, str]:
+    """The images of the training split (``train_labels``) that every network of ``runs`` (label → run directory
+    or weights file) was trained on, as indices into it (None: all of them), and what they are in words. A run
+    directory (or its ``final.pt``) says which in its ``run.json``: its class-balanced ``train_subset`` less the
+    images it held out for validation; a weights file of no run says nothing, and all images count. A loss "on
+    training images" is then the loss the optimizer lowered, not one on images the network never saw."""
+    import torch
+
+    from minimascope import runs as run_files
+    from minimascope.config import TrainConfig
+    from minimascope.splits import training_index
+
+    kept = torch.ones(len(train_labels), dtype=torch.bool)
+    named = []
+    for label, run in runs.items():
+        path = Path(run)
+        folder = path if path.is_dir() else path.parent if path.name == run_files.FINAL_WEIGHTS else None
+        if folder is None or not (folder / run_files.RUN_JSON).is_file():
+            continue
+        file = folder / run_files.RUN_JSON
+        try:
+            config = TrainConfig.from_mapping(run_files.read_run_json(folder).get("config") or {}, str(file))
+        except MinimascopeError as error:
+            raise MinimascopeError(f"cannot tell which images {label} was trained on: {error}") from None
+        index, _ = training_index(config, train_labels)
+        if len(index) < len(train_labels):
+            mask = torch.zeros_like(kept)
+            mask[index] = True
+            kept &= mask
+            named.append(label)
+    if not named:
+        return None, f"all {len(train_labels):,} training images"
+    if not kept.any():
+        raise MinimascopeError(f"{' and '.join(named)} were trained on different training images, none shared; "
+                               f"analyse networks trained on the same images together")
+    whose = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]} all"
+    return kept.nonzero().flatten(), f"the {int(kept.sum()):,} training images {whose} trained on"

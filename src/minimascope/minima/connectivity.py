@@ -289,12 +289,12 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
                          data_source: str | None = None, device: str = "auto", seed: int = 0,
                          batch_size: int = 500, study_node: bool = False) -> Connectivity:
     """:func:`linear_connectivity` between two runs' final networks (run directories or weights files) on
-    class-balanced subsets of ``images`` training and ``images`` test images of the data set both were
-    trained on (from ``data_source``; drawn with ``seed``; batch-norm statistics are recomputed from the same
-    training images), written to ``out_dir``. Both runs must have been trained on one data set, identically
-    normalised: between two normalisations no path means anything. ``out_dir`` is checked by
-    :func:`~minimascope.minima.common.check_analysis_folder` before anything is computed (``study_node``: the
-    study's own folder)."""
+    class-balanced subsets of at most ``images`` of the training images both were trained on (their runs' training
+    subset) and ``images`` test images of their data set (from ``data_source``; drawn with ``seed``; batch-norm
+    statistics are recomputed from the same training images), written to ``out_dir``. Both runs must have been
+    trained on one data set, identically normalised: between two normalisations no path means anything.
+    ``out_dir`` is checked by :func:`~minimascope.minima.common.check_analysis_folder` before anything is computed
+    (``study_node``: the study's own folder)."""
     from minimascope import data, datasets, models
     from minimascope.env import resolve_device
     from minimascope.minima.common import (
@@ -304,6 +304,7 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
         pair_labels,
         result_folder,
         trained_dataset,
+        trained_images,
         weights_identity,
     )
 
@@ -326,8 +327,10 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
                                f"a path between them has no input that suits both")
     loaded = load_trained_data(trained_on, data_source)
     data_key = data.content_key(data_source, loaded.dataset)
+    index, drawn_from = trained_images(dict(zip(labels, (path_a, path_b))), loaded.train_labels)
+    available = len(loaded.train_labels) if index is None else len(index)
     train_images, train_labels = balanced_inputs(payload_a, loaded.train_images, loaded.train_labels,
-                                                 min(images, len(loaded.train_labels)), seed)
+                                                 min(images, available), seed, (index, drawn_from))
     test_images, test_labels = balanced_inputs(payload_a, loaded.test_images, loaded.test_labels,
                                                min(images, len(loaded.test_labels)), seed)
     result = linear_connectivity(model_a.to(torch_device), model_b.to(torch_device), train_images, train_labels,
@@ -336,7 +339,8 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
     title = datasets.get(loaded.dataset).title
     source = {"run_a": str(path_a), "run_b": str(path_b), "dataset": loaded.dataset, "data": data_key,
               "images": f"class-balanced subsets (seed {seed}) of the {title} train and test sets; batch-norm "
-                        f"statistics recomputed from the same train images"}
+                        f"statistics recomputed from the same train images",
+              "drawn_from": f"{drawn_from}; the test set"}
     result = Connectivity(result.alphas, result.curves, result.n_train, result.n_test, result.labels,
                           {**result.settings, **source})
     with result_folder(out_dir, CONNECTIVITY_FILES, identity, study_node=study_node) as out:

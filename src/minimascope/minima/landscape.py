@@ -23,7 +23,7 @@ types, shapes and ranges and names a damaged file.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -164,22 +164,27 @@ def _data_of(payloads: dict[str, dict[str, Any]], data_source: str | None) -> tu
     return loaded, data.content_key(data_source, loaded.dataset)
 
 
-def _inputs(payload: dict[str, Any], loaded: Any, images: int, seed: int, test: bool
-            ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
-    from minimascope.minima.common import balanced_inputs
+def _inputs(payload: dict[str, Any], runs: Mapping[str, str | Path], loaded: Any, images: int, seed: int,
+            test: bool) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None, dict[str, str]]:
+    """The training images, drawn among those every run of ``runs`` (label → path) was trained on, the test
+    images when asked, and the settings that say which."""
+    from minimascope.minima.common import balanced_inputs, trained_images
 
-    train = balanced_inputs(payload, loaded.train_images, loaded.train_labels, images, seed)
-    return train, balanced_inputs(payload, loaded.test_images, loaded.test_labels, images, seed) if test else None
+    index, drawn_from = trained_images(runs, loaded.train_labels)
+    train = balanced_inputs(payload, loaded.train_images, loaded.train_labels, images, seed, (index, drawn_from))
+    test_set = balanced_inputs(payload, loaded.test_images, loaded.test_labels, images, seed) if test else None
+    available = len(loaded.train_labels) if index is None else len(index)
+    return train, test_set, {"subset": f"class-balanced, seed {seed}" if images < available else "all",
+                             "drawn_from": drawn_from}
 
 
-def _source(result: Landscape, runs: Sequence[str | Path], loaded: Any, data_key: str, seed: int, batch_size: int,
-            grid: int) -> Landscape:
+def _source(result: Landscape, runs: Sequence[str | Path], loaded: Any, data_key: str, sampled: dict[str, str],
+            batch_size: int, grid: int) -> Landscape:
     from minimascope import datasets
 
-    subset = f"class-balanced, seed {seed}" if result.images < len(loaded.train_labels) else "all"
     settings = {"runs": [str(Path(r).resolve()) for r in runs], "images": "train" + (" and test" if result.test_images
                                                                                      else ""),
-                "subset": subset, "data": data_key, "dataset": loaded.dataset,
+                **sampled, "data": data_key, "dataset": loaded.dataset,
                 "dataset_title": datasets.get(loaded.dataset).title, "grid": grid, "batch_size": batch_size}
     return replace(result, settings={**result.settings, **settings})
 
@@ -197,11 +202,11 @@ def landscape_of_run(run_dir: str | Path, out_dir: str | Path, *, grid: int = 21
                      trajectory: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, data_source: str | None = None,
                      device: str = "auto", progress: Progress | None = None, study_node: bool = False) -> Landscape:
     """The surface of a run's final network (run directory or weights file) on a class-balanced subset of
-    ``images`` training images of the data set it was trained on, drawn with ``seed`` (and as many test images
-    with ``test``), normalised as the run was trained: along random directions from ``seed``, or with
-    ``trajectory`` on the plane of its saved weights (a run directory trained with ``snapshot_every``). Written to
-    ``out_dir``, checked before anything is computed (:func:`~minimascope.minima.common.check_analysis_folder`;
-    ``study_node``: the study's own folder)."""
+    ``images`` of the training images it was trained on (a run's training subset), drawn with ``seed`` (and as
+    many test images with ``test``), normalised as the run was trained: along random directions from ``seed``, or
+    with ``trajectory`` on the plane of its saved weights (a run directory trained with ``snapshot_every``).
+    Written to ``out_dir``, checked before anything is computed
+    (:func:`~minimascope.minima.common.check_analysis_folder`; ``study_node``: the study's own folder)."""
     from minimascope import models
     from minimascope.env import resolve_device
     from minimascope.minima.common import check_analysis_folder, result_folder, weights_identity
@@ -215,16 +220,16 @@ def landscape_of_run(run_dir: str | Path, out_dir: str | Path, *, grid: int = 21
     states, epochs, saved = _saved_weights(run_dir, payload) if trajectory else ([], [], [])
     identity = [weights_identity(run_dir), *(models.file_sha256(path) for path in saved)]
     check_analysis_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node)
-    images_of, data_key = _data_of({_run_label(run_dir): payload}, data_source)
-    train, test_set = _inputs(payload, images_of, images, seed, test)
+    label = _run_label(run_dir)
+    images_of, data_key = _data_of({label: payload}, data_source)
+    train, test_set, sampled = _inputs(payload, {label: run_dir}, images_of, images, seed, test)
     common = {"grid": grid, "bn": bn, "batch_size": batch_size, "device": torch_device, "progress": progress}
     if trajectory:
-        result = trajectory_surface(model, states, epochs, train, test_set, label=_run_label(run_dir), **common)
+        result = trajectory_surface(model, states, epochs, train, test_set, label=label, **common)
         result = replace(result, seed=seed)
     else:
-        result = random_surface(model, train, test_set, span=span, dims=dims, seed=seed, label=_run_label(run_dir),
-                                **common)
-    result = _source(result, [run_dir], images_of, data_key, seed, batch_size, grid)
+        result = random_surface(model, train, test_set, span=span, dims=dims, seed=seed, label=label, **common)
+    result = _source(result, [run_dir], images_of, data_key, sampled, batch_size, grid)
     with result_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node) as out:
         write_landscape(result, out, identity)
     return result
@@ -267,7 +272,7 @@ def plane_of_runs(run_a: str | Path, run_b: str | Path, run_c: str | Path, out_d
                   progress: Progress | None = None, study_node: bool = False) -> Landscape:
     """The plane through three runs' final networks (origin A; see
     :func:`~minimascope.minima.surfaces.plane_surface`, ``margin`` of their extent around them) on a class-balanced
-    subset of ``images`` training images of the data set they were trained on (and test images with ``test``); the
+    subset of ``images`` of the training images all three were trained on (and test images with ``test``); the
     three must share architecture, data set and input normalisation.
     Written to ``out_dir``, checked first as :func:`landscape_of_run` checks it."""
     from minimascope import models
@@ -292,10 +297,12 @@ def plane_of_runs(run_a: str | Path, run_b: str | Path, run_c: str | Path, out_d
     if len(set(labels)) < 3:
         labels = [f"{name}: {label}" for name, label in zip("ABC", labels)]
     images_of, data_key = _data_of(dict(zip(labels, payloads)), data_source)
-    train, test_set = _inputs(payloads[0], images_of, images, seed, test)
+    train, test_set, sampled = _inputs(payloads[0], dict(zip(labels, (run_a, run_b, run_c))), images_of, images,
+                                       seed, test)
     result = plane_surface([m for m, _ in loaded], labels, train, test_set, grid=grid, margin=margin, bn=bn,
                            batch_size=batch_size, device=torch_device, progress=progress)
-    result = _source(replace(result, seed=seed), [run_a, run_b, run_c], images_of, data_key, seed, batch_size, grid)
+    result = _source(replace(result, seed=seed), [run_a, run_b, run_c], images_of, data_key, sampled, batch_size,
+                     grid)
     with result_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node) as out:
         write_landscape(result, out, identity)
     return result

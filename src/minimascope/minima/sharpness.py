@@ -405,8 +405,8 @@ def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 
                      batch_size: int = DEFAULT_BATCH_SIZE, adaptive: bool = True,
                      study_node: bool = False) -> Sharpness:
     """:func:`sharpness` of a run's final network (run directory or weights file) on a class-balanced
-    subset of ``images`` TRAINING images of the data set it was trained on (from ``data_source``; drawn
-    with ``seed``: the training loss is the one the optimizer minimised), normalised as the run was trained;
+    subset of ``images`` of the TRAINING images it was trained on (a run's training subset; from ``data_source``;
+    drawn with ``seed``: the training loss is the one the optimizer minimised), normalised as the run was trained;
     written to ``out_dir`` with the images used stated in the JSON's settings. ``out_dir`` is checked before
     anything is computed (:func:`~minimascope.minima.common.check_analysis_folder`; ``study_node``: the study's
     own folder)."""
@@ -417,6 +417,7 @@ def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 
         check_analysis_folder,
         load_trained_data,
         result_folder,
+        trained_images,
         weights_identity,
     )
 
@@ -427,13 +428,16 @@ def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 
     check_analysis_folder(out_dir, SHARPNESS_FILES, identity, study_node=study_node)
     loaded = load_trained_data({Path(run_dir).name: payload}, data_source)
     data_key = data.content_key(data_source, loaded.dataset)
-    inputs, labels = balanced_inputs(payload, loaded.train_images, loaded.train_labels, images, seed)
+    among = trained_images({Path(run_dir).name: run_dir}, loaded.train_labels)
+    pool = loaded.train_labels if among[0] is None else among[0]
+    inputs, labels = balanced_inputs(payload, loaded.train_images, loaded.train_labels, images, seed, among)
     result = sharpness(model.to(torch_device), inputs, labels, k=k, tol=tol, max_iter=max_iter, rel_error=rel_error,
                        min_probes=min(10, max_probes), max_probes=max_probes, density_steps=density_steps, seed=seed,
                        batch_size=batch_size, device=torch_device, adaptive=adaptive)
     source = {"run": str(Path(run_dir).resolve()), "dataset": loaded.dataset, "images": "train",
               "n_images": len(labels),
-              "subset": f"class-balanced, seed {seed}" if len(labels) < len(loaded.train_labels) else "all",
+              "subset": f"class-balanced, seed {seed}" if len(labels) < len(pool) else "all",
+              "drawn_from": among[1],
               "data": data_key, "mode": "eval (batch norm with running statistics)"}
     result = replace(result, settings={**result.settings, **source})
     with result_folder(out_dir, SHARPNESS_FILES, identity, study_node=study_node) as out:

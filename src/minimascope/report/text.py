@@ -100,6 +100,15 @@ def images_text(counts: set[Any], what: str) -> str:
     return f"{', '.join(map(str, sorted(counts))) or '?'} {what}"
 
 
+def drawn_text(settings: list[dict[str, Any]]) -> str:
+    """Where the training images of results (their settings) were drawn from: among those each run trained on,
+    or the whole training split (a weights file of no run, a run on all of it, or a result from before results
+    said)."""
+    whole = {not str(s.get("drawn_from", "all ")).startswith("the ") for s in settings}
+    return " / ".join(("of the whole training split" if w else "of the images each run was trained on")
+                      for w in sorted(whole)) or "of the training split"
+
+
 def seeds_text(study: Study) -> str:
     return ", ".join(map(str, study.seeds)) or "—"
 

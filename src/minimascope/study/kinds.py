@@ -220,7 +220,9 @@ class AnalysisKind:
         self.name = name
 
     def key(self, node: Node, dependency_keys: list[str]) -> str:
-        return io.digest({"kind": self.name, "options": node.params["options"], "runs": dependency_keys})
+        version = ANALYSES[self.name].version
+        return io.digest({"kind": self.name, "options": node.params["options"], "runs": dependency_keys,
+                          **({"version": version} if version > 1 else {})})
 
     def stored(self, node_dir: Path) -> dict[str, Any] | None:
         path = node_dir / ANALYSIS_JSON

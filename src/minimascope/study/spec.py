@@ -33,6 +33,7 @@ Presets ship in the package (``presets/<name>.yaml``) and are named instead of a
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -333,6 +334,9 @@ def _analyses(raw: Any, arms: dict[str, Arm], file: Path) -> AnalysesSpec:
                 raise _unknown(f"{where}: {name}", str(key), (*ANALYSIS_OPTIONS[name], "arms"))
         # Checked now, before any run trains; kept as written, so that the node keys stay what they were.
         ANALYSES[name].check_options({k: v for k, v in value.items() if k != "arms"}, f"{where}: {name}")
+        if ANALYSES[name].training_images:
+            _check_training_images(value.get("images", ANALYSES[name].options["images"].default),
+                                   {arm: arms[arm] for arm in chosen}, f"{where}: {name}: images")
         options[name] = dict(value)
     across = raw.get("across_seeds", [])
     if not isinstance(across, list) or not all(isinstance(a, str) for a in across):
@@ -341,6 +345,23 @@ def _analyses(raw: Any, arms: dict[str, Arm], file: Path) -> AnalysesSpec:
         if arm not in arms:
             raise MinimascopeError(f"{where}: across_seeds: unknown arm {arm!r}; arms: {', '.join(arms)}")
     return AnalysesSpec(options, tuple(across))
+
+
+def _check_training_images(images: int, arms: dict[str, Arm], where: str) -> None:
+    """One line where an analysis would draw more training images than an arm trains on (the one with the fewest
+    named): its ``train_subset`` less the images it holds out for validation (a fold's share rounded up: at most a
+    few more per class)."""
+    trained = {}
+    for name, arm in arms.items():
+        subset, folds, val_size = (arm.options.get(key) for key in ("train_subset", "folds", "val_size"))
+        if subset is not None:
+            trained[name] = subset - (val_size or 0) - (math.ceil(subset / folds) if folds else 0)
+    fewest = min(trained, key=trained.__getitem__, default=None)
+    if fewest is not None and images > trained[fewest]:
+        options = arms[fewest].options
+        held = " less those held out for validation" if options.get("folds") or options.get("val_size") else ""
+        raise MinimascopeError(f"{where}: {images} is more than the {trained[fewest]} training images arm {fewest!r} "
+                               f"trains on (its train_subset{held}); analyses draw among those")
 
 
 def parse_study(values: dict[str, Any], file: Path, name: str, source: str) -> StudySpec:

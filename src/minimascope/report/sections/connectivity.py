@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minimascope.report import figures
-from minimascope.report.text import analysis_missing, cells, data_set
+from minimascope.report.text import analysis_missing, cells, data_set, drawn_text
 from minimascope.report.views import by_arms, pair_label
 
 if TYPE_CHECKING:
@@ -30,9 +30,10 @@ def _largest_stderr(curves: list[Any]) -> str:
 
 def build(ctx: Context) -> dict[str, Any]:
     study = ctx.study
-    rows, pairs, sizes, not_aligned = [], [], set(), {}
+    rows, pairs, sizes, not_aligned, settings = [], [], set(), {}, []
     for arms, analyses in by_arms(study.completed_analyses("connectivity")).items():
         results = [a.result for a in analyses]
+        settings += [r.settings for r in results]
         sizes |= {(r.n_train, r.n_test, r.settings.get("points", len(r.alphas))) for r in results}
         label = pair_label(arms)
         # weight matching has no rule for the architecture: the +matched lines are absent, and the page says why
@@ -57,7 +58,8 @@ def build(ctx: Context) -> dict[str, Any]:
                            for n_train, n_test, points in sorted(sizes)) or "?"
     return {
         "data_used": f"analyses/connectivity/<a>_vs_<b>/seed<k>/connectivity.json; {sizes_text} (class-balanced "
-                     f"subsets of the {data_set(study).title} train and test sets); same-seed networks of the two "
+                     f"subsets of the {data_set(study).title} train and test sets, the train images "
+                     f"{drawn_text(settings)}); same-seed networks of the two "
                      f"arms, and two seeds of one arm (its seed-to-seed baseline, where weight matching has work "
                      f"to do)",
         "missing": analysis_missing(study, "connectivity"), "rows": rows, "figure": figure,

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from minimascope.analyses import ANALYSES
-from minimascope.report.text import analysis_missing, cells, images_text
+from minimascope.report.text import analysis_missing, cells, drawn_text, images_text
 from minimascope.report.views import by_arms
 
 if TYPE_CHECKING:
@@ -94,7 +94,8 @@ def build(ctx: Context) -> dict[str, Any]:
     return {
         "data_used": f"analyses/landscape/<arm>/seed<k>/landscape.json and analyses/landscape-plane/<A>_vs_<B>_vs_<C>/"
                      f"seed<k>/landscape.json; training loss on {images_text(images, f'{titles} training images')} "
-                     f"(class-balanced subset) at every grid point; "
+                     f"(class-balanced subset {drawn_text([a.result.settings for a in completed])}) at every grid "
+                     f"point; "
                      f"batch norm: {', '.join(sorted(modes)) or '?'} (recompute: statistics of those images at every "
                      f"point; eval: running statistics)",
         # a study that draws no planes (or no surfaces) lacks nothing: only kinds it planned can miss results

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minimascope.report import figures
-from minimascope.report.text import analysis_missing, cells, data_set, images_text
+from minimascope.report.text import analysis_missing, cells, data_set, drawn_text, images_text
 from minimascope.report.views import by_arms
 
 if TYPE_CHECKING:
@@ -28,9 +28,10 @@ def _adaptive(results: list[Any], part: str) -> dict[str, str]:
 def build(ctx: Context) -> dict[str, Any]:
     study = ctx.study
     rows, lines, points = [], [], {"top eigenvalue λ1": [], "trace (Hutchinson)": []}
-    images, sources, not_minimum = set(), set(), []
+    images, sources, not_minimum, all_results = set(), set(), [], []
     for (arm,), analyses in by_arms(study.completed_analyses("sharpness")).items():
         results = [a.result for a in analyses]
+        all_results += results
         images |= {r.n_images for r in results}
         sources |= {str(r.settings.get("images", "?")) for r in results}
         k = min(len(r.eigenvalues.values) for r in results)
@@ -61,7 +62,8 @@ def build(ctx: Context) -> dict[str, Any]:
     return {
         "data_used": f"analyses/sharpness/<arm>/seed<k>/sharpness.json; loss = mean cross-entropy over "
                      f"{images_text(images, f'{title} ' + ('/'.join(sorted(sources)) or 'train') + ' images')} "
-                     f"(class-balanced subset) at each run's final weights, in eval mode (batch norm with running "
+                     f"(class-balanced subset {drawn_text([r.settings for r in all_results])}) at each run's final "
+                     f"weights, in eval mode (batch norm with running "
                      f"statistics, so the loss is a function of the weights alone)",
         "missing": analysis_missing(study, "sharpness"),
         "rows": rows, "not_minimum": not_minimum, "threshold": NOT_AT_MINIMUM,
