@@ -50,13 +50,13 @@ def test_a_study_and_its_report_on_an_image_folder(image_folder: Path, tmp_path:
     header = json.loads((study_dir / "study.json").read_text())["data"]
     assert {k: header[k] for k in ("dataset", "title", "classes", "channels", "image_size", "train_images",
                                    "test_images")} == {
-        "dataset": "imagefolder", "title": "image folder", "classes": sorted(CLASSES), "channels": 3,
+        "dataset": "imagefolder", "title": "image folder tree", "classes": sorted(CLASSES), "channels": 3,
         "image_size": [24, 24], "train_images": 30, "test_images": 6}
     page = write_report(study_dir).read_text()
     assert "CIFAR-10" not in page
-    facts = "image folder (imagefolder): 3 classes (&lt;zebra&gt;, a&amp;b, moth), 3 channels, 24×24 images"
+    facts = "image folder tree (imagefolder): 3 classes (&lt;zebra&gt;, a&amp;b, moth), 3 channels, 24×24 images"
     assert facts in page and "<zebra>" not in page
-    assert "this study ran on image folder, not on the paper's data set" in " ".join(page.split())
+    assert "this study ran on image folder tree, not on the paper's data set" in " ".join(page.split())
     assert (study_dir / "report" / "filters-conv1.png").is_file()  # the stem's colour kernels
     assert "Not aligned" not in page  # weight matching has a rule for every ResNet
 

@@ -385,3 +385,11 @@ def test_torchvisions_download_only_without_a_source(tmp_path: Path, private_cac
     write_idx(tmp_path / "mine", compress=False)
     data.load("mnist", tmp_path / "mine")
     assert len(downloads) == 2
+
+
+def test_an_image_folder_is_titled_by_its_own_name() -> None:
+    """One spec serves every image folder: a study's title tells them apart by the folder's name."""
+    assert datasets.source_title("imagefolder", "/data/flowers.tar.gz") == "image folder flowers"
+    assert datasets.source_title("imagefolder", "/data/birds") == "image folder birds"
+    assert datasets.source_title("imagefolder", None) == "image folder"
+    assert datasets.source_title("cifar10", "/data/cifar10-images.tar.gz") == "CIFAR-10"

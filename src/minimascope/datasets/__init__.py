@@ -63,6 +63,18 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
 )}
 
 
+def source_title(name: str, source: str | Path | None) -> str:
+    """The title a study shows: a data set whose files name their own classes (one spec for any image folder) is
+    told apart by its folder's name, as in "image folder flowers"."""
+    spec = get(name)
+    if spec.classes is not None or not source:
+        return spec.title
+    folder = Path(source).name
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        folder = folder.removesuffix(suffix)
+    return f"{spec.title} {folder}"
+
+
 def get(name: str) -> DatasetSpec:
     """The spec of a data set; an unknown name is one line with the closest known one."""
     if name in DATASETS:

@@ -182,8 +182,9 @@ def _data_header(data: str, spec: StudySpec, dataset: str) -> dict[str, Any]:
     train, test = len(loaded.train_labels), len(loaded.test_labels)
     return {"source": data, "key": data_sets.content_key(data, dataset),
             "train_size": first.get("train_subset") or train, "test_size": first.get("test_subset") or test,
-            "train_images": train, "test_images": test, "dataset": dataset, "title": datasets.get(dataset).title,
-            "classes": list(loaded.classes), "channels": loaded.channels, "image_size": list(loaded.image_size)}
+            "train_images": train, "test_images": test, "dataset": dataset,
+            "title": datasets.source_title(dataset, data), "classes": list(loaded.classes), "channels": loaded.channels,
+            "image_size": list(loaded.image_size)}
 
 
 def resolve_data(data: str | None, spec_data: str | None = None, dataset: str | None = None) -> str:

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from minimascope.analyses import ANALYSES
-from minimascope.report.text import analysis_missing, cells, drawn_text, images_text
+from minimascope.report.text import analysis_missing, cells, data_set, drawn_text, images_text
 from minimascope.report.views import by_arms
 
 if TYPE_CHECKING:
@@ -90,10 +90,10 @@ def build(ctx: Context) -> dict[str, Any]:
                                "points": [{"label": p.label, "x": f"{p.x:.3g}", "y": f"{p.y:.3g}",
                                            "loss": f"{p.values.train_loss:.4g}" if math.isfinite(p.values.train_loss)
                                            else "∞"} for p in result.points]})
-    titles = " / ".join(sorted({a.result.dataset_title for a in completed})) or "?"
+    trained = images_text(images, f"{data_set(study).title} training images")
     return {
         "data_used": f"analyses/landscape/<arm>/seed<k>/landscape.json and analyses/landscape-plane/<A>_vs_<B>_vs_<C>/"
-                     f"seed<k>/landscape.json; training loss on {images_text(images, f'{titles} training images')} "
+                     f"seed<k>/landscape.json; training loss on {trained} "
                      f"(class-balanced subset {drawn_text([a.result.settings for a in completed])}) at every grid "
                      f"point; "
                      f"batch norm: {', '.join(sorted(modes)) or '?'} (recompute: statistics of those images at every "
