@@ -93,6 +93,12 @@ def test_datasets_lists_every_data_set_and_the_architecture_forms() -> None:
     assert models.exit_code == 0, models.output
     for form in ("resnet18", "resnet18-cifar", "torchvision:NAME", "timm:NAME"):
         assert f"│ {form} " in result.output and f"│ {form} " in models.output
+    # in an 80-column terminal only the --data column wraps: each data set's name and images stay on its first line
+    narrow = CliRunner().invoke(app, ["datasets"], env={"COLUMNS": "80"})
+    rows = [line for line in narrow.output.splitlines() if line.startswith("│ ") and line.split("│")[1].strip()]
+    assert max(map(len, narrow.output.splitlines())) <= 80
+    assert [row.split("│")[1].strip() for row in rows][:6] == list(datasets.DATASETS)
+    assert "│ 3×32×32 │" in rows[0] and "│ any " in rows[5]
 
 
 def test_tune_folds_are_checked_against_the_smallest_class_of_an_image_folder(tmp_path: Path) -> None:

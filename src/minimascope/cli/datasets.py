@@ -21,8 +21,9 @@ ARCHITECTURE_FORMS = (
 )
 
 
-def _size(size: tuple[int, int] | None) -> str:
-    return f"{size[0]}×{size[1]}" if size else "any (one per set)"
+def _images(channels: int | None, size: tuple[int, int] | None) -> str:
+    """Channels × height × width, as a data set's spec fixes them ("any" where its files say)."""
+    return f"{channels}×{size[0]}×{size[1]}" if channels and size else "any"
 
 
 def _architectures_table() -> Table:
@@ -45,13 +46,14 @@ def datasets_command() -> None:
 
     table = Table(title="data sets (--dataset, dataset:); the cache keys each source by its content",
                   title_justify="left")
-    for column in ("name", "title", "classes", "channels", "size", "flip", "--data"):
-        table.add_column(column, overflow="fold")
+    # Short columns kept whole: in an 80-column terminal the explanation of --data takes what is left.
+    for column in ("name", "classes", "images", "flip"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("--data", overflow="fold", ratio=1)
     for spec in datasets.DATASETS.values():
         where = spec.sources + ("; without --data: torchvision's download" if spec.download else "")
-        table.add_row(spec.name, escape(spec.title), str(len(spec.classes)) if spec.classes else "folder names",
-                      str(spec.channels) if spec.channels else "1 or 3", _size(spec.image_size),
-                      "yes" if spec.flip else "no", escape(where))
+        table.add_row(spec.name, str(len(spec.classes)) if spec.classes else "folders",
+                      _images(spec.channels, spec.image_size), "yes" if spec.flip else "no", escape(where))
     console.print(table)
     console.print(_architectures_table())
 
