@@ -101,6 +101,14 @@ def balanced_inputs(payload: dict[str, Any], images: Tensor, labels: Tensor, siz
     return normalization(images), labels
 
 
+def run_label(run: str | Path) -> str:
+    """A run's folder name (a weights file's stem); a study's ``runs/<arm>/seed<k>`` as "<arm> seed<k>"."""
+    path = Path(run).resolve()
+    if not path.is_dir():
+        return path.stem
+    return f"{path.parent.name} {path.name}" if path.name.startswith("seed") else path.name
+
+
 def pair_labels(path_a: Path, path_b: Path) -> tuple[str, str]:
     """How two networks are named in a result: their folder or file names, "A …" and "B …" where those are one."""
     return (path_a.name, path_b.name) if path_a.name != path_b.name else (f"A {path_a.name}", f"B {path_b.name}")
@@ -159,9 +167,9 @@ def load_trained_data(records: Mapping[str, Mapping[str, Any]], source: str | No
     return loaded
 
 
-def trained_images(runs: Mapping[str, str | Path], train_labels: Tensor) -> tuple[Tensor | None, str]:
-    """The images of the training split (``train_labels``) that every network of ``runs`` (label → run directory
-    or weights file) was trained on, as indices into it (None: all of them), and what they are in words. A run
+def trained_images(runs: Sequence[str | Path], train_labels: Tensor) -> tuple[Tensor | None, str]:
+    """The images of the training split (``train_labels``) that every network of ``runs`` (run directories or
+    weights files) was trained on, as indices into it (None: all of them), and what they are in words. A run
     directory (or its ``final.pt``) says which in its ``run.json``: its class-balanced ``train_subset`` less the
     images it held out for validation; a weights file of no run says nothing, and all images count. A loss "on
     training images" is then the loss the optimizer lowered, not one on images the network never saw."""
@@ -173,8 +181,8 @@ def trained_images(runs: Mapping[str, str | Path], train_labels: Tensor) -> tupl
 
     kept = torch.ones(len(train_labels), dtype=torch.bool)
     named = []
-    for label, run in runs.items():
-        path = Path(run)
+    for run in runs:
+        path, label = Path(run), run_label(run)
         folder = path if path.is_dir() else path.parent if path.name == run_files.FINAL_WEIGHTS else None
         if folder is None or not (folder / run_files.RUN_JSON).is_file():
             continue

@@ -327,7 +327,7 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
                                f"a path between them has no input that suits both")
     loaded = load_trained_data(trained_on, data_source)
     data_key = data.content_key(data_source, loaded.dataset)
-    index, drawn_from = trained_images(dict(zip(labels, (path_a, path_b))), loaded.train_labels)
+    index, drawn_from = trained_images([path_a, path_b], loaded.train_labels)
     available = len(loaded.train_labels) if index is None else len(index)
     train_images, train_labels = balanced_inputs(payload_a, loaded.train_images, loaded.train_labels,
                                                  min(images, available), seed, (index, drawn_from))

@@ -23,7 +23,7 @@ types, shapes and ranges and names a damaged file.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -164,9 +164,9 @@ def _data_of(payloads: dict[str, dict[str, Any]], data_source: str | None) -> tu
     return loaded, data.content_key(data_source, loaded.dataset)
 
 
-def _inputs(payload: dict[str, Any], runs: Mapping[str, str | Path], loaded: Any, images: int, seed: int,
+def _inputs(payload: dict[str, Any], runs: Sequence[str | Path], loaded: Any, images: int, seed: int,
             test: bool) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None, dict[str, str]]:
-    """The training images, drawn among those every run of ``runs`` (label → path) was trained on, the test
+    """The training images, drawn among those every run of ``runs`` was trained on, the test
     images when asked, and the settings that say which."""
     from minimascope.minima.common import balanced_inputs, trained_images
 
@@ -189,14 +189,6 @@ def _source(result: Landscape, runs: Sequence[str | Path], loaded: Any, data_key
     return replace(result, settings={**result.settings, **settings})
 
 
-def _run_label(run: str | Path) -> str:
-    """The run's folder name; a study's ``runs/<arm>/seed<k>`` as "<arm> seed<k>"."""
-    path = Path(run).resolve()
-    if not path.is_dir():
-        return path.stem
-    return f"{path.parent.name} {path.name}" if path.name.startswith("seed") else path.name
-
-
 def landscape_of_run(run_dir: str | Path, out_dir: str | Path, *, grid: int = 21, span: float = 1.0,
                      images: int = 1000, seed: int = 0, bn: str = "recompute", dims: int = 2, test: bool = False,
                      trajectory: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, data_source: str | None = None,
@@ -209,7 +201,7 @@ def landscape_of_run(run_dir: str | Path, out_dir: str | Path, *, grid: int = 21
     (:func:`~minimascope.minima.common.check_analysis_folder`; ``study_node``: the study's own folder)."""
     from minimascope import models
     from minimascope.env import resolve_device
-    from minimascope.minima.common import check_analysis_folder, result_folder, weights_identity
+    from minimascope.minima.common import check_analysis_folder, result_folder, run_label, weights_identity
 
     check_grid(grid, span, dims, bn)
     if trajectory and dims != 2:
@@ -220,9 +212,9 @@ def landscape_of_run(run_dir: str | Path, out_dir: str | Path, *, grid: int = 21
     states, epochs, saved = _saved_weights(run_dir, payload) if trajectory else ([], [], [])
     identity = [weights_identity(run_dir), *(models.file_sha256(path) for path in saved)]
     check_analysis_folder(out_dir, LANDSCAPE_FILES, identity, study_node=study_node)
-    label = _run_label(run_dir)
+    label = run_label(run_dir)
     images_of, data_key = _data_of({label: payload}, data_source)
-    train, test_set, sampled = _inputs(payload, {label: run_dir}, images_of, images, seed, test)
+    train, test_set, sampled = _inputs(payload, [run_dir], images_of, images, seed, test)
     common = {"grid": grid, "bn": bn, "batch_size": batch_size, "device": torch_device, "progress": progress}
     if trajectory:
         result = trajectory_surface(model, states, epochs, train, test_set, label=label, **common)
@@ -277,7 +269,7 @@ def plane_of_runs(run_a: str | Path, run_b: str | Path, run_c: str | Path, out_d
     Written to ``out_dir``, checked first as :func:`landscape_of_run` checks it."""
     from minimascope import models
     from minimascope.env import resolve_device
-    from minimascope.minima.common import check_analysis_folder, result_folder, weights_identity
+    from minimascope.minima.common import check_analysis_folder, result_folder, run_label, weights_identity
 
     check_grid(grid, 1.0, 2, bn)
     if not (math.isfinite(margin) and margin >= 0):
@@ -293,12 +285,11 @@ def plane_of_runs(run_a: str | Path, run_b: str | Path, run_c: str | Path, out_d
     if any(p["normalization"] != payloads[0]["normalization"] for p in payloads):
         raise MinimascopeError("the three runs were trained on differently normalised inputs: a plane through "
                                "them means nothing")
-    labels = [_run_label(run) for run in (run_a, run_b, run_c)]
+    labels = [run_label(run) for run in (run_a, run_b, run_c)]
     if len(set(labels)) < 3:
         labels = [f"{name}: {label}" for name, label in zip("ABC", labels)]
     images_of, data_key = _data_of(dict(zip(labels, payloads)), data_source)
-    train, test_set, sampled = _inputs(payloads[0], dict(zip(labels, (run_a, run_b, run_c))), images_of, images,
-                                       seed, test)
+    train, test_set, sampled = _inputs(payloads[0], [run_a, run_b, run_c], images_of, images, seed, test)
     result = plane_surface([m for m, _ in loaded], labels, train, test_set, grid=grid, margin=margin, bn=bn,
                            batch_size=batch_size, device=torch_device, progress=progress)
     result = _source(replace(result, seed=seed), [run_a, run_b, run_c], images_of, data_key, sampled, batch_size,

@@ -428,7 +428,7 @@ def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 
     check_analysis_folder(out_dir, SHARPNESS_FILES, identity, study_node=study_node)
     loaded = load_trained_data({Path(run_dir).name: payload}, data_source)
     data_key = data.content_key(data_source, loaded.dataset)
-    among = trained_images({Path(run_dir).name: run_dir}, loaded.train_labels)
+    among = trained_images([run_dir], loaded.train_labels)
     pool = loaded.train_labels if among[0] is None else among[0]
     inputs, labels = balanced_inputs(payload, loaded.train_images, loaded.train_labels, images, seed, among)
     result = sharpness(model.to(torch_device), inputs, labels, k=k, tol=tol, max_iter=max_iter, rel_error=rel_error,
