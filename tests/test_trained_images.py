@@ -183,3 +183,14 @@ def test_analyses_whose_training_images_changed_get_new_node_keys() -> None:
         assert ANALYSES[name].version == 2 and key(name) != old_key(name)
     for name in ("weights", "mistakes", "seeds"):  # their results did not change: finished nodes stay finished
         assert key(name) == old_key(name)
+
+
+def test_the_report_says_where_the_training_images_were_drawn_from() -> None:
+    from minimascope.report.text import drawn_text
+
+    own = {"drawn_from": "the 2,000 training images sgd seed0 trained on"}
+    whole = {"drawn_from": "all 50,000 training images"}
+    assert drawn_text([own, own]) == "drawn among the images each run was trained on"
+    assert drawn_text([whole, {}]) == "drawn from the whole training split"  # {}: a result from before they said
+    assert drawn_text([own, whole]) == ("drawn among the images each run was trained on / drawn from the whole "
+                                        "training split")

@@ -105,8 +105,8 @@ def drawn_text(settings: list[dict[str, Any]]) -> str:
     or the whole training split (a weights file of no run, a run on all of it, or a result from before results
     said)."""
     whole = {not str(s.get("drawn_from", "all ")).startswith("the ") for s in settings}
-    return " / ".join(("of the whole training split" if w else "of the images each run was trained on")
-                      for w in sorted(whole)) or "of the training split"
+    return " / ".join(("drawn from the whole training split" if w else "drawn among the images each run was trained "
+                       "on") for w in sorted(whole)) or "drawn from the training split"
 
 
 def seeds_text(study: Study) -> str:

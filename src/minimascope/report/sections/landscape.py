@@ -94,7 +94,7 @@ def build(ctx: Context) -> dict[str, Any]:
     return {
         "data_used": f"analyses/landscape/<arm>/seed<k>/landscape.json and analyses/landscape-plane/<A>_vs_<B>_vs_<C>/"
                      f"seed<k>/landscape.json; training loss on {trained} "
-                     f"(class-balanced subset {drawn_text([a.result.settings for a in completed])}) at every grid "
+                     f"(class-balanced subset, {drawn_text([a.result.settings for a in completed])}) at every grid "
                      f"point; "
                      f"batch norm: {', '.join(sorted(modes)) or '?'} (recompute: statistics of those images at every "
                      f"point; eval: running statistics)",

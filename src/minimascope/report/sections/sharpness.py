@@ -62,7 +62,7 @@ def build(ctx: Context) -> dict[str, Any]:
     return {
         "data_used": f"analyses/sharpness/<arm>/seed<k>/sharpness.json; loss = mean cross-entropy over "
                      f"{images_text(images, f'{title} ' + ('/'.join(sorted(sources)) or 'train') + ' images')} "
-                     f"(class-balanced subset {drawn_text([r.settings for r in all_results])}) at each run's final "
+                     f"(class-balanced subset, {drawn_text([r.settings for r in all_results])}) at each run's final "
                      f"weights, in eval mode (batch norm with running "
                      f"statistics, so the loss is a function of the weights alone)",
         "missing": analysis_missing(study, "sharpness"),
