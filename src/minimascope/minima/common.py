@@ -83,15 +83,12 @@ def result_folder(out_dir: str | Path, files: Sequence[str], inputs: Sequence[st
 
 
 def balanced_inputs(payload: dict[str, Any], images: Tensor, labels: Tensor, size: int, seed: int,
-                    among: tuple[Tensor | None, str] = (None, "")) -> tuple[Tensor, Tensor]:
+                    what: str = "") -> tuple[Tensor, Tensor]:
     """A class-balanced subset of ``size`` uint8 images (all when ``size`` is their number), normalised
-    the way the network of ``payload`` (a weights payload) was trained, with its labels; drawn ``among`` the
-    images of an index (None: all) that the text names (:func:`trained_images`)."""
+    the way the network of ``payload`` (a weights payload) was trained, with its labels (``what`` the images
+    are, for the message when there are fewer than ``size``)."""
     from minimascope import data
 
-    index, what = among
-    if index is not None:
-        images, labels = images[index], labels[index]
     if not 1 <= size <= len(labels):
         raise MinimascopeError(f"--images must be in 1..{len(labels)}{f' ({what})' if what else ''}, got {size}")
     if size < len(labels):
@@ -99,6 +96,21 @@ def balanced_inputs(payload: dict[str, Any], images: Tensor, labels: Tensor, siz
         images, labels = images[index], labels[index]
     normalization = data.Normalization(**{k: tuple(v) for k, v in payload["normalization"].items()})
     return normalization(images), labels
+
+
+def training_inputs(payload: dict[str, Any], loaded: ImageData, runs: Sequence[str | Path], size: int, seed: int, *,
+                    at_most: bool = False) -> tuple[Tensor, Tensor, dict[str, str]]:
+    """:func:`balanced_inputs` of ``size`` (with ``at_most``: at most ``size``) of the training images every run of
+    ``runs`` was trained on (:func:`trained_images`), and the settings that say which: ``subset`` and
+    ``drawn_from``."""
+    index, drawn_from = trained_images(runs, loaded.train_labels)
+    images, labels = loaded.train_images, loaded.train_labels
+    if index is not None:
+        images, labels = images[index], labels[index]
+    size = min(size, len(labels)) if at_most else size
+    inputs, labels_drawn = balanced_inputs(payload, images, labels, size, seed, drawn_from)
+    return inputs, labels_drawn, {"subset": f"class-balanced, seed {seed}" if size < len(labels) else "all",
+                                  "drawn_from": drawn_from}
 
 
 def run_label(run: str | Path) -> str:

@@ -304,7 +304,7 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
         pair_labels,
         result_folder,
         trained_dataset,
-        trained_images,
+        training_inputs,
         weights_identity,
     )
 
@@ -327,10 +327,8 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
                                f"a path between them has no input that suits both")
     loaded = load_trained_data(trained_on, data_source)
     data_key = data.content_key(data_source, loaded.dataset)
-    index, drawn_from = trained_images([path_a, path_b], loaded.train_labels)
-    available = len(loaded.train_labels) if index is None else len(index)
-    train_images, train_labels = balanced_inputs(payload_a, loaded.train_images, loaded.train_labels,
-                                                 min(images, available), seed, (index, drawn_from))
+    train_images, train_labels, sampled = training_inputs(payload_a, loaded, [path_a, path_b], images, seed,
+                                                          at_most=True)
     test_images, test_labels = balanced_inputs(payload_a, loaded.test_images, loaded.test_labels,
                                                min(images, len(loaded.test_labels)), seed)
     result = linear_connectivity(model_a.to(torch_device), model_b.to(torch_device), train_images, train_labels,
@@ -340,7 +338,7 @@ def connectivity_of_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Pa
     source = {"run_a": str(path_a), "run_b": str(path_b), "dataset": loaded.dataset, "data": data_key,
               "images": f"class-balanced subsets (seed {seed}) of the {title} train and test sets; batch-norm "
                         f"statistics recomputed from the same train images",
-              "drawn_from": f"{drawn_from}; the test set"}
+              "drawn_from": f"{sampled['drawn_from']}; the test set"}
     result = Connectivity(result.alphas, result.curves, result.n_train, result.n_test, result.labels,
                           {**result.settings, **source})
     with result_folder(out_dir, CONNECTIVITY_FILES, identity, study_node=study_node) as out:

@@ -168,14 +168,11 @@ def _inputs(payload: dict[str, Any], runs: Sequence[str | Path], loaded: Any, im
             test: bool) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None, dict[str, str]]:
     """The training images, drawn among those every run of ``runs`` was trained on, the test
     images when asked, and the settings that say which."""
-    from minimascope.minima.common import balanced_inputs, trained_images
+    from minimascope.minima.common import balanced_inputs, training_inputs
 
-    index, drawn_from = trained_images(runs, loaded.train_labels)
-    train = balanced_inputs(payload, loaded.train_images, loaded.train_labels, images, seed, (index, drawn_from))
+    train_images, train_labels, sampled = training_inputs(payload, loaded, runs, images, seed)
     test_set = balanced_inputs(payload, loaded.test_images, loaded.test_labels, images, seed) if test else None
-    available = len(loaded.train_labels) if index is None else len(index)
-    return train, test_set, {"subset": f"class-balanced, seed {seed}" if images < available else "all",
-                             "drawn_from": drawn_from}
+    return (train_images, train_labels), test_set, sampled
 
 
 def _source(result: Landscape, runs: Sequence[str | Path], loaded: Any, data_key: str, sampled: dict[str, str],

@@ -244,7 +244,7 @@ def permutation_rule(model: nn.Module, example: Tensor | None = None) -> Permuta
 def _check_function_kept(model: nn.Module, rule: PermutationRule, example: Tensor) -> None:
     """NoPermutationRule unless ``model`` with randomly permuted channels computes what it computed (eval
     mode): a rule that does not fit the network's wiring changes its function."""
-    twin = _with_state(model, rule.permute(model.state_dict(), _random_permutations(model, rule, seed=0)))
+    twin = _shuffled(model, rule, seed=0)
     parameter = next(model.parameters())
     example = example.to(parameter.device, parameter.dtype)
     with evaluating(model), evaluating(twin), torch.no_grad():
@@ -342,17 +342,19 @@ def weight_matching(model_a: nn.Module, model_b: nn.Module, *, example: Tensor |
     return _with_state(model_b, rule.permute(state_b, perms))
 
 
-def _random_permutations(model: nn.Module, rule: PermutationRule, seed: int) -> dict[str, Tensor]:
+def _shuffled(model: nn.Module, rule: PermutationRule, seed: int) -> nn.Module:
+    """A copy of ``model`` with every permutation group of ``rule`` shuffled (seeded)."""
     generator = torch.Generator().manual_seed(seed)
-    sizes = sorted(rule.group_sizes(model.state_dict()).items())
-    return {group: torch.randperm(size, generator=generator) for group, size in sizes}
+    state = model.state_dict()
+    sizes = sorted(rule.group_sizes(state).items())
+    perms = {group: torch.randperm(size, generator=generator) for group, size in sizes}
+    return _with_state(model, rule.permute(state, perms))
 
 
 def permute_channels_randomly(model: nn.Module, seed: int, example: Tensor | None = None) -> nn.Module:
     """A copy of ``model`` with every permutation group shuffled (seeded): the same function, other weights
     (``example``: see :func:`permutation_rule`)."""
-    rule = permutation_rule(model, example)
-    return _with_state(model, rule.permute(model.state_dict(), _random_permutations(model, rule, seed)))
+    return _shuffled(model, permutation_rule(model, example), seed)
 
 
 def _with_state(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:

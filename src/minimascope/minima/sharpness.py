@@ -413,11 +413,10 @@ def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 
     from minimascope import data, models
     from minimascope.env import resolve_device
     from minimascope.minima.common import (
-        balanced_inputs,
         check_analysis_folder,
         load_trained_data,
         result_folder,
-        trained_images,
+        training_inputs,
         weights_identity,
     )
 
@@ -428,17 +427,12 @@ def sharpness_of_run(run_dir: str | Path, out_dir: str | Path, *, images: int = 
     check_analysis_folder(out_dir, SHARPNESS_FILES, identity, study_node=study_node)
     loaded = load_trained_data({Path(run_dir).name: payload}, data_source)
     data_key = data.content_key(data_source, loaded.dataset)
-    among = trained_images([run_dir], loaded.train_labels)
-    pool = loaded.train_labels if among[0] is None else among[0]
-    inputs, labels = balanced_inputs(payload, loaded.train_images, loaded.train_labels, images, seed, among)
+    inputs, labels, sampled = training_inputs(payload, loaded, [run_dir], images, seed)
     result = sharpness(model.to(torch_device), inputs, labels, k=k, tol=tol, max_iter=max_iter, rel_error=rel_error,
                        min_probes=min(10, max_probes), max_probes=max_probes, density_steps=density_steps, seed=seed,
                        batch_size=batch_size, device=torch_device, adaptive=adaptive)
     source = {"run": str(Path(run_dir).resolve()), "dataset": loaded.dataset, "images": "train",
-              "n_images": len(labels),
-              "subset": f"class-balanced, seed {seed}" if len(labels) < len(pool) else "all",
-              "drawn_from": among[1],
-              "data": data_key, "mode": "eval (batch norm with running statistics)"}
+              "n_images": len(labels), **sampled, "data": data_key, "mode": "eval (batch norm with running statistics)"}
     result = replace(result, settings={**result.settings, **source})
     with result_folder(out_dir, SHARPNESS_FILES, identity, study_node=study_node) as out:
         write_sharpness(result, out, identity)

@@ -216,7 +216,7 @@ def run_study(source: str | Path, study_dir: str | Path, *, data: str | None = N
     data = resolve_data(data, first.get("data"), dataset)
     weights_file, missing = None, None
     # The ImageNet weights file is fetched once here (its arms skipped with the reason where it is absent).
-    if any(arm.options.get("pretrained") and reads_imagenet_file(arm.options) for arm in spec.arms.values()):
+    if any(reads_imagenet_file(arm.options) for arm in spec.arms.values()):
         weights_file, missing = imagenet_weights(weights, download_weights)
     nodes = study_nodes(spec, data, weights_file, missing)
     by_id = {node.id: node for node in nodes}

@@ -124,8 +124,7 @@ def _run_node(spec: StudySpec, name: str, seed: int, data: str, weights: str | N
         params={"config": config.to_dict(), "init_node": upstream,
                 "init_path": f"runs/{arm.init_from}/seed{seed}" if arm.init_from else None},
         labels={"arm": name, "seed": seed}, depends_on=(upstream,) if upstream else (),
-        skip_reason=weights_missing if config.pretrained and reads_imagenet_file(arm.options) and weights is None
-        else None)
+        skip_reason=weights_missing if reads_imagenet_file(arm.options) and weights is None else None)
 
 
 def _compare_node(spec: StudySpec, data: str, a: str, b: str, seed_a: int, seed_b: int) -> Node:

@@ -60,9 +60,9 @@ STUDY_PRESETS = ("paper", "quick", "tiny", "optimizers")
 
 
 def reads_imagenet_file(options: dict[str, Any]) -> bool:
-    """Whether a pretrained arm starts from the study's ImageNet weights file (resnet18's): another
-    architecture fetches its own published weights when its run starts."""
-    return options.get("arch", "resnet18") == "resnet18"
+    """Whether an arm starts from the study's ImageNet weights file: a pretrained resnet18 (a pretrained arm of
+    another architecture fetches its own published weights when its run starts)."""
+    return bool(options.get("pretrained")) and options.get("arch", "resnet18") == "resnet18"
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Arm:
                init_dir: str | None = None) -> TrainConfig:
         """The arm's TrainConfig for one seed (paths filled in by whoever runs it)."""
         values = {**self.options, "seed": seed, "data": data, "init_from": init_dir}
-        if values.get("pretrained") and weights is not None and reads_imagenet_file(values):
+        if weights is not None and reads_imagenet_file(values):
             values["weights"] = weights
         return TrainConfig.from_mapping(values)
 
