@@ -4,6 +4,7 @@ directory and the tables of a report page."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import pickle
@@ -17,7 +18,7 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from minimascope import datasets, models
+from minimascope import data, datasets, models
 from minimascope.analyses import ANALYSES
 from minimascope.cli import app
 from minimascope.config import TrainConfig
@@ -26,7 +27,16 @@ from minimascope.minima import sharpness
 from minimascope.minima.connectivity import Connectivity, PathCurve, write_connectivity
 from minimascope.minima.mistakes import compare_mistakes, write_mistakes
 from minimascope.minima.weights import layer_statistics, write_weight_statistics
-from minimascope.runs import METRIC_COLUMNS, METRICS_CSV, RUN_FORMAT, STEPS_CSV
+from minimascope.runs import (
+    FINAL_WEIGHTS,
+    INITIAL_WEIGHTS,
+    METRIC_COLUMNS,
+    METRICS_CSV,
+    RUN_FORMAT,
+    RUN_JSON,
+    STEPS_CSV,
+    snapshot_path,
+)
 from minimascope.similarity import MEASURES, SimilarityMatrix
 from minimascope.study.records import STUDY_FORMAT, STUDY_JSON, SUMMARY_COLUMNS, SUMMARY_CSV, write_csv
 
@@ -446,3 +456,22 @@ def write_fake_seed_statistics(root: Path, seeds: tuple[int, ...], nodes: list[d
                            "key": f"seeds-{arm_a}-{arm_b}", "path": relative, "status": "completed", "reason": None,
                            "depends_on": [], "time_s": 1.0})
     return seed_nodes
+
+
+def resnet18_run(root: Path, seed: int = 0, *, config: dict | None = None, snapshots: int = 0) -> Path:
+    """A completed run directory holding a seeded resnet18, its run.json holding ``config`` (default: the epochs
+    its snapshots span); with ``snapshots``, perturbed copies of it as its initial.pt and as epochs 1..k."""
+    root.mkdir(parents=True)
+    normalization = {k: list(v) for k, v in dataclasses.asdict(data.Normalization()).items()}
+    model = models.build_model("resnet18", seed=seed)
+    atomic_write_json(root / RUN_JSON, {"format": RUN_FORMAT, "status": "completed",
+                                        "config": {"epochs": snapshots + 1} if config is None else config})
+    payload = models.weights_payload(model, "resnet18", 10, normalization)
+    atomic_torch_save(root / FINAL_WEIGHTS, payload)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(snapshots + 1 if snapshots else 0):
+        state = {k: v + 0.01 * (snapshots + 1 - epoch) * torch.randn(v.shape, generator=generator)
+                 if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+        atomic_torch_save(root / INITIAL_WEIGHTS if epoch == 0 else snapshot_path(root, epoch),
+                          {**payload, "state_dict": state})
+    return root

@@ -17,14 +17,12 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from helpers import assert_one_line_error, invoke
-from minimascope import data, models
+from helpers import assert_one_line_error, invoke, resnet18_run
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_torch_save, atomic_write_json
+from minimascope.io import atomic_write_json
 from minimascope.minima import landscape, surfaces
 from minimascope.minima.directions import parameter_names, random_directions
 from minimascope.minima.landscape import read_landscape
-from minimascope.runs import FINAL_WEIGHTS, INITIAL_WEIGHTS, RUN_FORMAT, RUN_JSON, snapshot_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,27 +164,8 @@ def test_the_result_file_round_trips_and_a_damaged_one_is_named(tmp_path: Path) 
 FAST = ("--grid", "3", "--images", "20", "--device", "cpu")
 
 
-def fake_run(root: Path, seed: int, snapshots: int = 0) -> Path:
-    """A completed run directory holding a seeded resnet18 (with ``snapshots``, perturbed copies of it as its
-    initial.pt and as epochs 1..k)."""
-    root.mkdir(parents=True)
-    normalization = {k: list(v) for k, v in dataclasses.asdict(data.Normalization()).items()}
-    model = models.build_model("resnet18", seed=seed)
-    atomic_write_json(root / RUN_JSON, {"format": RUN_FORMAT, "status": "completed",
-                                        "config": {"epochs": snapshots + 1}})
-    payload = models.weights_payload(model, "resnet18", 10, normalization)
-    atomic_torch_save(root / FINAL_WEIGHTS, payload)
-    generator = torch.Generator().manual_seed(seed)
-    for epoch in range(snapshots + 1 if snapshots else 0):
-        state = {k: v + 0.01 * (snapshots + 1 - epoch) * torch.randn(v.shape, generator=generator)
-                 if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-        atomic_torch_save(root / INITIAL_WEIGHTS if epoch == 0 else snapshot_path(root, epoch),
-                          {**payload, "state_dict": state})
-    return root
-
-
 def test_the_command_writes_a_surface_its_reader_reads(cifar_source: str, tmp_path: Path) -> None:
-    run = fake_run(tmp_path / "run", 0)
+    run = resnet18_run(tmp_path / "run", 0)
     result = invoke("landscape", str(run), "--data", cifar_source, "--out", str(tmp_path / "out"), "--dims", "1",
                     "--test", *FAST)
     assert result.exit_code == 0, result.output
@@ -197,7 +176,7 @@ def test_the_command_writes_a_surface_its_reader_reads(cifar_source: str, tmp_pa
 
 
 def test_the_command_draws_a_plane_and_a_trajectory(cifar_source: str, tmp_path: Path) -> None:
-    runs = [fake_run(tmp_path / name, seed, snapshots=1 if name == "a" else 0) for name, seed in
+    runs = [resnet18_run(tmp_path / name, seed, snapshots=1 if name == "a" else 0) for name, seed in
             (("a", 0), ("b", 1), ("c", 2))]
     result = invoke("landscape", *map(str, runs[:1]), "--plane", str(runs[1]), str(runs[2]), "--data", cifar_source,
                     "--out", str(tmp_path / "plane"), "--bn", "eval", *FAST)
@@ -222,7 +201,7 @@ def test_the_command_draws_a_plane_and_a_trajectory(cifar_source: str, tmp_path:
 ])
 def test_the_command_refuses_bad_options_in_one_line(args: tuple[str, ...], message: str, tmp_path: Path,
                                                      cifar_source: str) -> None:
-    run = fake_run(tmp_path / "run", 0)
+    run = resnet18_run(tmp_path / "run", 0)
     (run / "snapshots").mkdir()
     assert_one_line_error(invoke("landscape", str(run), "--data", cifar_source, "--out", str(tmp_path / "out"),
                                  *args), message)

@@ -5,7 +5,6 @@ runs and on synthetic labels; and the study refuses, before anything trains, to 
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,12 @@ import pytest
 import torch
 import yaml
 
-from helpers import assert_one_line_error, invoke
-from minimascope import data, io, models
+from helpers import assert_one_line_error, invoke, resnet18_run
+from minimascope import data, io
 from minimascope.analyses import ANALYSES
 from minimascope.config import TrainConfig
 from minimascope.errors import MinimascopeError
-from minimascope.io import atomic_torch_save, atomic_write_json
+from minimascope.io import atomic_write_json
 from minimascope.minima import connectivity, landscape, sharpness
 from minimascope.minima.common import trained_images
 from minimascope.runs import FINAL_WEIGHTS, RUN_FORMAT, RUN_JSON
@@ -30,16 +29,6 @@ from minimascope.study.spec import load_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TRAINED = {"train_subset": 100, "val_size": 20, "data_seed": 3}
-
-
-def fake_run(root: Path, config: dict[str, Any], seed: int = 0) -> Path:
-    """A completed run directory of a seeded resnet18 whose run.json holds ``config``."""
-    root.mkdir(parents=True)
-    normalization = {k: list(v) for k, v in dataclasses.asdict(data.Normalization()).items()}
-    atomic_write_json(root / RUN_JSON, {"format": RUN_FORMAT, "status": "completed", "config": config})
-    model = models.build_model("resnet18", seed=seed)
-    atomic_torch_save(root / FINAL_WEIGHTS, models.weights_payload(model, "resnet18", 10, normalization))
-    return root
 
 
 def run_splits(config: dict[str, Any], source: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +58,7 @@ def captured(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, position: 
 
 def test_a_surface_draws_its_training_images_among_those_its_run_trained_on(
         cifar_source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = fake_run(tmp_path / "run", TRAINED)
+    run = resnet18_run(tmp_path / "run", config=TRAINED)
     seen = captured(monkeypatch, landscape, "random_surface", 1)
     surface = landscape.landscape_of_run(run, tmp_path / "out", grid=3, images=30, data_source=cifar_source,
                                          device="cpu")
@@ -83,7 +72,7 @@ def test_a_surface_draws_its_training_images_among_those_its_run_trained_on(
 
 def test_sharpness_and_connectivity_draw_among_the_runs_training_images(
         cifar_source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runs = [fake_run(tmp_path / name, TRAINED, seed) for seed, name in enumerate(("a", "b"))]
+    runs = [resnet18_run(tmp_path / name, seed, config=TRAINED) for seed, name in enumerate(("a", "b"))]
     trained, _ = run_splits(TRAINED, cifar_source)
     seen = captured(monkeypatch, sharpness, "sharpness", 1)
     result = sharpness.sharpness_of_run(runs[0], tmp_path / "sharpness", images=10, data_source=cifar_source,
@@ -100,7 +89,7 @@ def test_sharpness_and_connectivity_draw_among_the_runs_training_images(
 
 
 def test_a_weights_file_of_no_run_draws_among_all_training_images(cifar_source: str, tmp_path: Path) -> None:
-    run = fake_run(tmp_path / "run", TRAINED)
+    run = resnet18_run(tmp_path / "run", config=TRAINED)
     (tmp_path / "loose").mkdir()
     shutil.copy(run / FINAL_WEIGHTS, tmp_path / "loose" / "weights.pt")
     surface = landscape.landscape_of_run(tmp_path / "loose" / "weights.pt", tmp_path / "out", grid=3, images=200,
@@ -113,7 +102,7 @@ def test_a_weights_file_of_no_run_draws_among_all_training_images(cifar_source: 
 
 
 def test_more_images_than_the_run_trained_on_is_one_line(cifar_source: str, tmp_path: Path) -> None:
-    run = fake_run(tmp_path / "run", TRAINED)
+    run = resnet18_run(tmp_path / "run", config=TRAINED)
     for command in (("landscape", "--grid", "3"), ("sharpness",)):
         result = invoke(command[0], str(run), *command[1:], "--images", "90", "--data", cifar_source,
                         "--out", str(tmp_path / command[0]), "--device", "cpu")
